@@ -1,0 +1,1 @@
+"""simcluster: local multi-rank clusters and tiny MiniMax-shaped models for tests."""
