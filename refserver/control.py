@@ -1,0 +1,216 @@
+"""The control plane: plain blocking TCP between rank 0 and every other rank.
+
+Messages are length-prefixed JSON objects (never pickle: a stranger reaching the
+port must not be able to run code). Rank 0 listens; each other rank connects once,
+introduces itself with a hello (rank, cluster token, fingerprint) and then reads
+step descriptors. Idle ranks block in recv here, which costs no CPU, instead of
+polling an MLX collective.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import socket
+import struct
+import time
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+_HEADER = struct.Struct("!I")
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+class ControlError(ConnectionError):
+    """The control connection failed, closed or carried something unexpected."""
+
+
+class Channel:
+    """One framed, blocking connection."""
+
+    def __init__(self, sock: socket.socket, peer: str):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = sock
+        self.peer = peer
+
+    def send(self, message: dict) -> None:
+        payload = json.dumps(message, separators=(",", ":")).encode()
+        try:
+            self.sock.sendall(_HEADER.pack(len(payload)) + payload)
+        except OSError as exc:
+            raise ControlError(f"send to {self.peer} failed: {exc}") from exc
+
+    def recv(self, timeout: float | None = None) -> dict:
+        """Block until a whole message arrives (or `timeout` seconds pass)."""
+        self.sock.settimeout(timeout)
+        try:
+            (size,) = _HEADER.unpack(self._read_exact(_HEADER.size))
+            if size > MAX_MESSAGE_BYTES:
+                raise ControlError(f"{self.peer} sent a {size}-byte message")
+            message = json.loads(self._read_exact(size))
+        except TimeoutError as exc:
+            raise ControlError(f"no message from {self.peer} within {timeout} s") from exc
+        except (OSError, ValueError) as exc:
+            raise ControlError(f"receive from {self.peer} failed: {exc}") from exc
+        if not isinstance(message, dict):
+            raise ControlError(f"{self.peer} sent a non-object message")
+        return message
+
+    def _read_exact(self, size: int) -> bytes:
+        chunks = []
+        while size:
+            chunk = self.sock.recv(min(size, 1 << 20))
+            if not chunk:
+                raise ControlError(f"{self.peer} closed the connection")
+            chunks.append(chunk)
+            size -= len(chunk)
+        return b"".join(chunks)
+
+    def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+
+@dataclass(frozen=True)
+class Hello:
+    """What a rank says about itself when it joins; rank 0 compares it with its own."""
+
+    rank: int
+    facts: dict
+
+    def to_message(self, token: str) -> dict:
+        return {"type": "hello", "rank": self.rank, "token": token, "facts": self.facts}
+
+
+def connect_to_leader(
+    address: tuple[str, int], hello: Hello, token: str, timeout: float
+) -> Channel:
+    """Connect to rank 0 (retrying until `timeout`), send hello, await the verdict."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            sock = socket.create_connection(address, timeout=2.0)
+            break
+        except OSError as exc:
+            last_error = exc
+            time.sleep(0.1)
+    else:
+        raise ControlError(
+            f"rank 0's control port {address[0]}:{address[1]} did not accept a connection "
+            f"within {timeout:g} s ({last_error})"
+        )
+    channel = Channel(sock, "rank 0")
+    channel.send(hello.to_message(token))
+    verdict = channel.recv(timeout=max(1.0, deadline - time.monotonic()))
+    if verdict.get("type") != "welcome":
+        channel.close()
+        raise ControlError(verdict.get("error", f"rank 0 refused rank {hello.rank}"))
+    return channel
+
+
+def accept_peers(
+    listener: socket.socket,
+    world_size: int,
+    allowed_hosts: set[str],
+    token: str,
+    timeout: float,
+    check_hello,
+) -> dict[int, Channel]:
+    """Accept ranks 1..N-1 on rank 0's listener, refusing strangers.
+
+    `check_hello(rank, facts)` returns an error message or None. A stranger (an
+    address outside the hostfile, a wrong token, a duplicate or invalid rank) is
+    refused and logged; it does not count towards the cluster. Any mismatch of
+    facts is fatal and is reported to every peer that already joined.
+    """
+    channels: dict[int, Channel] = {}
+    deadline = time.monotonic() + timeout
+    while len(channels) < world_size - 1:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            missing = sorted(set(range(1, world_size)) - set(channels))
+            _refuse_all(channels, "cluster start-up timed out")
+            raise ControlError(
+                f"ranks {missing} did not join the control plane within {timeout:g} s"
+            )
+        listener.settimeout(remaining)
+        try:
+            sock, (host, port) = listener.accept()
+        except TimeoutError:
+            continue
+        channel = Channel(sock, f"{host}:{port}")
+        rank = _admit(channel, host, world_size, allowed_hosts, token, channels)
+        if rank is None:
+            continue
+        error = check_hello(rank, channel.hello_facts)
+        if error:
+            channel.send({"type": "refused", "error": error})
+            channel.close()
+            _refuse_all(channels, error)
+            raise ControlError(error)
+        channels[rank] = channel
+    for channel in channels.values():
+        channel.send({"type": "welcome"})
+    return channels
+
+
+def _admit(channel, host, world_size, allowed_hosts, token, channels) -> int | None:
+    """Read and vet a hello; return the rank, or None after refusing the stranger."""
+    if host not in allowed_hosts:
+        log.warning("refused control connection from %s: not a cluster host", channel.peer)
+        channel.close()
+        return None
+    try:
+        hello = channel.recv(timeout=5.0)
+    except ControlError as exc:
+        log.warning("refused control connection from %s: %s", channel.peer, exc)
+        channel.close()
+        return None
+    rank = hello.get("rank")
+    reason = None
+    if hello.get("type") != "hello":
+        reason = "no hello"
+    elif not hmac.compare_digest(str(hello.get("token", "")).encode(), token.encode()):
+        reason = "wrong cluster token"
+    elif not isinstance(rank, int) or not 0 < rank < world_size:
+        reason = f"invalid rank {rank!r}"
+    elif rank in channels:
+        reason = f"rank {rank} already joined"
+    if reason:
+        log.warning("refused control connection from %s: %s", channel.peer, reason)
+        try:
+            channel.send({"type": "refused", "error": reason})
+        except ControlError:
+            pass
+        channel.close()
+        return None
+    channel.hello_facts = hello.get("facts", {})
+    return rank
+
+
+def _refuse_all(channels: dict[int, Channel], error: str) -> None:
+    for channel in channels.values():
+        try:
+            channel.send({"type": "refused", "error": error})
+        except ControlError:
+            pass
+        channel.close()
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """Rank 0's control listener."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as exc:
+        listener.close()
+        raise ControlError(f"cannot listen for the control plane on {host}:{port}: {exc}") from exc
+    listener.listen(64)
+    return listener

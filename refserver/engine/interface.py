@@ -1,0 +1,123 @@
+"""What the API sees of the engine: requests in, a stream of events out.
+
+The API knows nothing of MLX or ranks; it talks to any object with this shape,
+so that wire-format tests run against a fake engine without a model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+
+class EngineError(Exception):
+    """Base class of errors the engine raises to the API."""
+
+
+class QueueFullError(EngineError):
+    """The waiting queue is at its limit; the client should retry later."""
+
+    def __init__(self, message: str, retry_after_seconds: int = 1):
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+
+class NotReadyError(EngineError):
+    """The engine is loading, draining or has lost a rank."""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How rank 0 turns logits into a token. temperature 0 means greedy."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    seed: int | None = None
+    logprobs: bool = False
+    top_logprobs: int = 0
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One sequence to generate: prompt token ids and limits."""
+
+    id: str
+    prompt_tokens: list[int]
+    max_tokens: int
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    # Absolute time.monotonic() after which the engine cancels the sequence.
+    deadline: float | None = None
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """One generated token. logprob/top_logprobs only when requested."""
+
+    token_id: int
+    logprob: float | None = None
+    top_logprobs: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class PrefillProgress:
+    """Prompt processing progress; lets the API send keep-alives."""
+
+    processed: int
+    total: int
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The last event of a successful stream.
+
+    reason: "stop" (an end-of-sequence token; the API may still end earlier on a
+    stop string), "length" (max_tokens or context), "cancelled" (client gone or
+    deadline passed).
+    """
+
+    reason: Literal["stop", "length", "cancelled"]
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class ErrorEvent:
+    """The engine failed this request (a rank was lost, an internal error)."""
+
+    message: str
+
+
+Event = TokenEvent | PrefillProgress | Finished | ErrorEvent
+
+
+@dataclass(frozen=True)
+class Health:
+    ok: bool
+    reason: str = ""
+    ranks: int = 1
+
+
+class Engine(Protocol):
+    """The engine as the API uses it."""
+
+    def submit(self, request: GenerationRequest) -> Iterator[Event]:
+        """Queue a request; iterate its events until Finished or ErrorEvent.
+
+        Raises QueueFullError or NotReadyError at once when it cannot be queued.
+        Closing the iterator early cancels the request.
+        """
+        ...
+
+    def cancel(self, request_id: str) -> None:
+        """Stop generating for a request; its stream ends with Finished(cancelled)."""
+        ...
+
+    def health(self) -> Health: ...
