@@ -97,9 +97,16 @@ def _metadata_path(model: str) -> Path:
     """A local directory as is; a Hugging Face repo id: config and tokenizer only."""
     if Path(model).exists():
         return Path(model)
+    if _looks_like_path(model):
+        raise StartupError(f"--model {model!r}: no such model directory")
     from mlx_lm.utils import _download
 
     return _download(model, allow_patterns=METADATA_PATTERNS)
+
+
+def _looks_like_path(model: str) -> bool:
+    """Hub ids are "owner/name"; anything else that does not exist is a mistyped path."""
+    return model.startswith(("/", ".", "~")) or model.count("/") != 1
 
 
 def _ensure_weights(model: str, model_path: Path, layers: range) -> list[str] | None:

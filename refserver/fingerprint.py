@@ -14,6 +14,8 @@ import struct
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from .split import SPLIT_VARIABLE
+
 SAMPLES_PER_FILE = 8
 SAMPLE_BYTES = 64 * 1024
 
@@ -59,7 +61,7 @@ def weights_fingerprint(model_path: Path, files: list[str] | None = None) -> str
 def cluster_facts(model_path: Path, split_text: str, weight_files=None) -> dict[str, str]:
     """The facts a rank reports in its hello; rank 0 compares them with its own."""
     return {
-        "split": split_text,
+        SPLIT_VARIABLE: split_text,
         "model config": config_hash(model_path),
         "model weights": weights_fingerprint(model_path, weight_files),
         "mlx": package_version("mlx"),

@@ -61,15 +61,15 @@ def _die_with_parent() -> None:
 class LocalCluster:
     """N local ranks of one command, as a context manager.
 
-    `per_rank_env` adds or overrides variables for single ranks (e.g. a different
-    split on one rank). Each output line is prefixed with `[rank r]` and passed to
+    `command` is one argv for all ranks or a function of the rank. `per_rank_env`
+    adds or overrides variables for single ranks (e.g. a different split on one rank). Each output line is prefixed with `[rank r]` and passed to
     `sink` (default: this process's stderr).
     """
 
     def __init__(
         self,
         world_size: int,
-        command: Sequence[str],
+        command: Sequence[str] | Callable[[int], Sequence[str]],
         env: dict[str, str] | None = None,
         per_rank_env: dict[int, dict[str, str]] | None = None,
         sink: Callable[[str], None] | None = None,
@@ -77,7 +77,7 @@ class LocalCluster:
         if world_size < 1:
             raise ValueError(f"world size must be >= 1, got {world_size}")
         self.world_size = world_size
-        self.command = list(command)
+        self.command = command
         self.env = dict(env or {})
         self.per_rank_env = per_rank_env or {}
         self.sink = sink or (lambda line: print(line, file=sys.stderr, flush=True))
@@ -112,8 +112,9 @@ class LocalCluster:
             env["MLX_HOSTFILE"] = str(hostfile)
             env["REFSERVER_CONTROL_PORT"] = str(self.control_port)
         env.update(self.per_rank_env.get(rank, {}))
+        command = self.command(rank) if callable(self.command) else self.command
         process = subprocess.Popen(
-            self.command,
+            list(command),
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -153,6 +154,14 @@ class LocalCluster:
         self._join_readers()
         if failure:
             raise failure
+
+    def exit_codes(self, timeout: float) -> list[int | None]:
+        """Let the ranks exit on their own for up to `timeout` s; None = still running."""
+        deadline = time.monotonic() + timeout
+        for process in self.processes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        return [p.poll() for p in self.processes]
 
     def stop(self) -> None:
         """SIGTERM every rank's process group, then SIGKILL what is left."""

@@ -1,0 +1,141 @@
+"""Token parity: greedy tokens through N ranks against single-process mlx_lm.
+
+`run_parity` launches the ranks (each runs `python -m simcluster.parity`, the
+worker below), then computes the reference in this process with mlx_lm's own
+generate_step, and compares token for token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .launch import LocalCluster
+
+DEFAULT_PROMPT = "Write a short story about a lighthouse keeper who finds a map."
+
+
+@dataclass(frozen=True)
+class ParityResult:
+    reference: list[int]
+    pipeline: list[int]
+
+    @property
+    def matching_prefix(self) -> int:
+        count = 0
+        for ours, theirs in zip(self.pipeline, self.reference, strict=False):
+            if ours != theirs:
+                break
+            count += 1
+        return count
+
+    @property
+    def exact(self) -> bool:
+        return self.pipeline == self.reference
+
+
+def chat_prompt_tokens(model_dir: Path, text: str = DEFAULT_PROMPT) -> list[int]:
+    """The prompt as token ids, through the model's own chat template."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    messages = [{"role": "user", "content": text}]
+    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+
+
+def reference_tokens(model_dir: Path, prompt: list[int], max_tokens: int) -> list[int]:
+    """Greedy tokens from single-process mlx_lm (the correctness bar)."""
+    import mlx.core as mx
+    from mlx_lm.generate import generate_step
+    from mlx_lm.utils import load_model
+
+    model, _ = load_model(Path(model_dir))
+    steps = generate_step(mx.array(prompt), model, max_tokens=max_tokens)
+    return [int(token) for token, _ in steps]
+
+
+def pipeline_tokens(
+    world_size: int,
+    model_dir: Path,
+    prompt: list[int],
+    max_tokens: int,
+    split: str | None = None,
+    per_rank_env: dict[int, dict[str, str]] | None = None,
+    timeout: float = 600.0,
+    sink=None,
+) -> list[int]:
+    """Greedy tokens through `world_size` local ranks."""
+    with tempfile.TemporaryDirectory(prefix="parity-") as tmp:
+        output = Path(tmp) / "tokens.json"
+        command = worker_command(model_dir, prompt, max_tokens, output)
+        env = {"MINIMAX_PIPELINE_SPLIT": split} if split else {}
+        with LocalCluster(world_size, command, env, per_rank_env, sink) as cluster:
+            cluster.wait(timeout)
+        return json.loads(output.read_text())
+
+
+def worker_command(
+    model_dir: Path, prompt: list[int], max_tokens: int, output: Path, *extra: str
+) -> list[str]:
+    """The argv of one parity rank."""
+    return [
+        sys.executable,
+        "-m",
+        "simcluster.parity",
+        "--model",
+        str(model_dir),
+        "--prompt-tokens",
+        ",".join(map(str, prompt)),
+        "--tokens",
+        str(max_tokens),
+        "--output",
+        str(output),
+        *extra,
+    ]
+
+
+def run_parity(world_size, model_dir, max_tokens, split=None, prompt_text=DEFAULT_PROMPT):
+    prompt = chat_prompt_tokens(model_dir, prompt_text)
+    ours = pipeline_tokens(world_size, model_dir, prompt, max_tokens, split)
+    return ParityResult(reference_tokens(model_dir, prompt, max_tokens), ours)
+
+
+def worker(argv: list[str] | None = None) -> int:
+    """One rank of a parity run (started by LocalCluster or mlx.launch)."""
+    from refserver.cluster import StartupError, start
+    from refserver.config import ClusterConfig, ConfigError
+    from refserver.greedy import generate_greedy
+    from refserver.logs import setup_logging
+
+    parser = argparse.ArgumentParser(prog="python -m simcluster.parity")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--prompt-tokens", required=True)
+    parser.add_argument("--tokens", type=int, required=True)
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--connect-timeout", type=float, default=None)
+    args = parser.parse_args(argv)
+    try:
+        config = ClusterConfig.from_env(args.model, connect_timeout=args.connect_timeout)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(config.rank)
+    try:
+        cluster = start(config)
+    except StartupError as exc:
+        logging.getLogger("simcluster.parity").error("%s", exc)
+        return 2
+    prompt = [int(t) for t in args.prompt_tokens.split(",")]
+    tokens = generate_greedy(cluster.stage, prompt, args.tokens)
+    if config.rank == 0:
+        Path(args.output).write_text(json.dumps(tokens))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(worker())
