@@ -45,7 +45,8 @@ def chat_prompt_tokens(model_dir: Path, text: str = DEFAULT_PROMPT) -> list[int]
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     messages = [{"role": "user", "content": text}]
-    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return tokenizer.encode(text, add_special_tokens=False)
 
 
 def reference_tokens(model_dir: Path, prompt: list[int], max_tokens: int) -> list[int]:
