@@ -1,0 +1,68 @@
+"""Users deploy with `mlx.launch`: parity must hold under it, not only under simcluster."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from simcluster.parity import chat_prompt_tokens, reference_tokens, worker_command
+
+pytestmark = pytest.mark.slow
+
+
+def consecutive_free_ports(count: int) -> int:
+    """A first port such that `count` consecutive ports are free (mlx.launch counts up)."""
+    for _ in range(50):
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        first = probe.getsockname()[1]
+        probe.close()
+        if first + count >= 65535:
+            continue
+        sockets = []
+        try:
+            for port in range(first, first + count):
+                sock = socket.socket()
+                sock.bind(("127.0.0.1", port))
+                sockets.append(sock)
+            return first
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise RuntimeError("no run of free ports found")
+
+
+def mlx_launch() -> str:
+    found = shutil.which("mlx.launch") or str(Path(sys.executable).parent / "mlx.launch")
+    if not Path(found).exists():
+        pytest.fail("mlx.launch is not installed beside this Python")
+    return found
+
+
+def test_parity_under_mlx_launch(tiny_model, tmp_path):
+    prompt = chat_prompt_tokens(tiny_model)
+    output = tmp_path / "tokens.json"
+    # Two ring ports, and the control port one past the highest.
+    first_port = consecutive_free_ports(3)
+    command = [
+        mlx_launch(),
+        "-n",
+        "2",
+        "--backend",
+        "ring",
+        "--starting-port",
+        str(first_port),
+        "--",
+        *worker_command(tiny_model, prompt, 64, output),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(output.read_text()) == reference_tokens(tiny_model, prompt, 64)
