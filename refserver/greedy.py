@@ -9,6 +9,8 @@ the caches), then the last token alone, whose logits give the first token.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import mlx.core as mx
 
 from .pipeline import PipelineStage
@@ -22,9 +24,13 @@ def greedy_token(logits: mx.array) -> mx.array:
 
 
 def generate_greedy(
-    stage: PipelineStage, prompt: list[int], max_tokens: int, prefill_step_size: int = 2048
+    stage: PipelineStage,
+    prompt: list[int],
+    max_tokens: int,
+    prefill_step_size: int = 2048,
+    on_token: Callable[[int], None] | None = None,
 ) -> list[int]:
-    """Run on every rank; rank 0 returns the tokens, other ranks an empty list."""
+    """Run on every rank; rank 0 returns the tokens (and calls on_token with each)."""
     cache = stage.make_cache()
     pending = prompt[:-1]
     while pending:
@@ -42,6 +48,8 @@ def generate_greedy(
             token = greedy_token(out)
             mx.eval(token)
             tokens.append(token.item())
+            if on_token is not None:
+                on_token(tokens[-1])
             if more and not stage.is_first:
                 mx.eval(mx.distributed.send(token, stage.split.world_size - 1, group=stage.group))
             step_input = [tokens[-1]]

@@ -12,12 +12,28 @@ import json
 import logging
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .launch import LocalCluster
 
 DEFAULT_PROMPT = "Write a short story about a lighthouse keeper who finds a map."
+
+
+class DecodeClock:
+    """Decode tokens/s: tokens after the first, over the time since the first arrived."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def tick(self, _token=None) -> None:
+        self.times.append(time.perf_counter())
+
+    def rate(self) -> float:
+        if len(self.times) < 2:
+            return 0.0
+        return (len(self.times) - 1) / (self.times[-1] - self.times[0])
 
 
 @dataclass(frozen=True)
@@ -49,18 +65,31 @@ def chat_prompt_tokens(model_dir: Path, text: str = DEFAULT_PROMPT) -> list[int]
     return tokenizer.encode(text, add_special_tokens=False)
 
 
-def reference_tokens(model_dir: Path, prompt: list[int], max_tokens: int) -> list[int]:
-    """Greedy tokens from single-process mlx_lm (the correctness bar)."""
+def reference_run(model_dir: Path, prompt: list[int], max_tokens: int) -> tuple[list[int], float]:
+    """Greedy tokens from single-process mlx_lm (the correctness bar), and decode tok/s."""
     import mlx.core as mx
     from mlx_lm.generate import generate_step
     from mlx_lm.utils import load_model
 
     model, _ = load_model(Path(model_dir))
-    steps = generate_step(mx.array(prompt), model, max_tokens=max_tokens)
-    return [int(token) for token, _ in steps]
+    clock = DecodeClock()
+    tokens = []
+    for token, _ in generate_step(mx.array(prompt), model, max_tokens=max_tokens):
+        clock.tick()
+        tokens.append(int(token))
+    return tokens, clock.rate()
 
 
-def pipeline_tokens(
+def reference_tokens(model_dir: Path, prompt: list[int], max_tokens: int) -> list[int]:
+    return reference_run(model_dir, prompt, max_tokens)[0]
+
+
+def pipeline_tokens(*args, **kwargs) -> list[int]:
+    """Greedy tokens through `world_size` local ranks (see pipeline_run)."""
+    return pipeline_run(*args, **kwargs)[0]
+
+
+def pipeline_run(
     world_size: int,
     model_dir: Path,
     prompt: list[int],
@@ -69,15 +98,16 @@ def pipeline_tokens(
     per_rank_env: dict[int, dict[str, str]] | None = None,
     timeout: float = 600.0,
     sink=None,
-) -> list[int]:
-    """Greedy tokens through `world_size` local ranks."""
+) -> tuple[list[int], float]:
+    """Greedy tokens through `world_size` local ranks, and rank 0's decode tok/s."""
     with tempfile.TemporaryDirectory(prefix="parity-") as tmp:
         output = Path(tmp) / "tokens.json"
         command = worker_command(model_dir, prompt, max_tokens, output)
         env = {"MINIMAX_PIPELINE_SPLIT": split} if split else {}
         with LocalCluster(world_size, command, env, per_rank_env, sink) as cluster:
             cluster.wait(timeout)
-        return json.loads(output.read_text())
+        result = json.loads(output.read_text())
+        return result["tokens"], result["decode_tps"]
 
 
 def worker_command(
@@ -132,9 +162,10 @@ def worker(argv: list[str] | None = None) -> int:
         logging.getLogger("simcluster.parity").error("%s", exc)
         return 2
     prompt = [int(t) for t in args.prompt_tokens.split(",")]
-    tokens = generate_greedy(cluster.stage, prompt, args.tokens)
+    clock = DecodeClock()
+    tokens = generate_greedy(cluster.stage, prompt, args.tokens, on_token=clock.tick)
     if config.rank == 0:
-        Path(args.output).write_text(json.dumps(tokens))
+        Path(args.output).write_text(json.dumps({"tokens": tokens, "decode_tps": clock.rate()}))
     return 0
 
 
