@@ -62,7 +62,7 @@ def start(config: ClusterConfig) -> Cluster:
     try:
         model_path, model_config, split = _resolve(config)
     except (SplitError, StartupError, OSError, ValueError) as exc:
-        _report_early_failure(config, str(exc))
+        report_failure(config, str(exc))
         raise StartupError(str(exc)) from exc
     weight_files = _ensure_weights(config.model, model_path, split.layer_range(config.rank))
     facts = cluster_facts(model_path, str(split), weight_files)
@@ -72,12 +72,22 @@ def start(config: ClusterConfig) -> Cluster:
         channels = _handshake(config, facts)
         group = _init_ring(config)
     log.info("loading layers %s", _describe(split, config.rank))
-    stage, _ = load_stage(model_path, config.rank, split, group, strict=weight_files is None)
+    try:
+        stage, _ = load_stage(model_path, config.rank, split, group, strict=weight_files is None)
+    except Exception as exc:
+        error = f"rank {config.rank} could not load the model: {type(exc).__name__}: {exc}"
+        kind = "failed" if config.rank else "shutdown"
+        for channel in channels.values():
+            try:
+                channel.send({"type": kind, "error": error})
+            except ControlError:
+                pass
+        raise StartupError(error) from exc
     return Cluster(config, split, model_path, model_config, stage, group, channels)
 
 
 def _resolve(config: ClusterConfig) -> tuple[Path, dict, PipelineSplit]:
-    model_path = _metadata_path(config.model)
+    model_path = metadata_path(config.model)
     config_file = model_path / "config.json"
     if not config_file.exists():
         raise StartupError(f"--model {config.model!r}: no config.json in {model_path}")
@@ -93,7 +103,7 @@ def _resolve(config: ClusterConfig) -> tuple[Path, dict, PipelineSplit]:
     return model_path, model_config, split
 
 
-def _metadata_path(model: str) -> Path:
+def metadata_path(model: str) -> Path:
     """A local directory as is; a Hugging Face repo id: config and tokenizer only."""
     if Path(model).exists():
         return Path(model)
@@ -156,7 +166,7 @@ def _handshake(config: ClusterConfig, facts: dict) -> dict[int, Channel]:
         listener.close()
 
 
-def _report_early_failure(config: ClusterConfig, error: str) -> None:
+def report_failure(config: ClusterConfig, error: str) -> None:
     """Tell rank 0 why this rank cannot start, so every rank fails fast with the reason."""
     if config.world_size == 1:
         return

@@ -34,11 +34,19 @@ class ClusterConfig:
     heartbeat_interval: float = 1.0
     heartbeat_timeout: float = 10.0
     step_timeout: float = 120.0
+    load_timeout: float = 1800.0
 
     def __post_init__(self):
         if self.world_size > 1 and not 0 <= self.rank < self.world_size:
             raise ConfigError(f"MLX_RANK={self.rank} but the hostfile has {self.world_size} ranks")
-        for name in ("connect_timeout", "heartbeat_interval", "heartbeat_timeout", "step_timeout"):
+        timeouts = (
+            "connect_timeout",
+            "heartbeat_interval",
+            "heartbeat_timeout",
+            "step_timeout",
+            "load_timeout",
+        )
+        for name in timeouts:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
 

@@ -14,6 +14,7 @@ import json
 import logging
 import socket
 import struct
+import threading
 import time
 from dataclasses import dataclass
 
@@ -34,11 +35,14 @@ class Channel:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock = sock
         self.peer = peer
+        # Several threads send on one channel (work items, heartbeats, shutdown).
+        self._send_lock = threading.Lock()
 
     def send(self, message: dict) -> None:
         payload = json.dumps(message, separators=(",", ":")).encode()
         try:
-            self.sock.sendall(_HEADER.pack(len(payload)) + payload)
+            with self._send_lock:
+                self.sock.sendall(_HEADER.pack(len(payload)) + payload)
         except OSError as exc:
             raise ControlError(f"send to {self.peer} failed: {exc}") from exc
 

@@ -64,6 +64,27 @@ def cmd_parity(args) -> int:
     return 0 if result.exact else 1
 
 
+def cmd_serve(args) -> int:
+    from .launch import RankFailed
+    from .serve import ServerCluster
+
+    with tempfile.TemporaryDirectory(prefix="simcluster-") as tmp:
+        model = _resolve_model(args, Path(tmp))
+        cluster = ServerCluster(args.n, model, args.split, args.host, args.port)
+        try:
+            cluster.start()
+            print(f"serving {model} on {args.n} ranks at {cluster.base_url}", flush=True)
+            cluster.watch()
+        except (RankFailed, TimeoutError) as exc:
+            print(f"simcluster serve: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("simcluster serve: stopping every rank", file=sys.stderr)
+        finally:
+            cluster.ranks.stop()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="simcluster", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -84,6 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
     parity.add_argument("--tokens", type=int, default=64)
     _model_args(parity)
     parity.set_defaults(run=cmd_parity)
+
+    serve = commands.add_parser("serve", help="refserver on N local ranks")
+    serve.add_argument("-n", type=int, default=2, help="number of ranks (default 2)")
+    serve.add_argument("--split", help="MINIMAX_PIPELINE_SPLIT for the ranks")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    _model_args(serve)
+    serve.set_defaults(run=cmd_serve)
     return parser
 
 

@@ -1,0 +1,109 @@
+"""Runs work items against this rank's stage and KV caches (the same code on every rank).
+
+A sequence's prompt is prefilled in its own cache, exactly as mlx_lm.generate_step
+does it; it then joins a micro-batch, whose caches are mlx_lm BatchKVCaches that
+grow with joins and shrink with drops.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import mlx.core as mx
+from mlx_lm.models.cache import BatchKVCache
+
+from ..pipeline import PipelineStage
+from .work import Decode, Prefill, Release, WorkItem
+
+
+class DivergenceError(RuntimeError):
+    """This rank's view of a batch differs from rank 0's: the caches cannot be trusted."""
+
+
+@dataclass
+class MicroBatch:
+    seqs: list[str] = field(default_factory=list)
+    caches: list = field(default_factory=list)
+
+
+class StageExecutor:
+    def __init__(self, stage: PipelineStage):
+        self.stage = stage
+        self.pending: dict[str, list] = {}
+        self.batches: dict[int, MicroBatch] = {}
+        self.batch_of: dict[str, int] = {}
+
+    def run(self, item: WorkItem) -> mx.array | None:
+        """Apply `item`. The last stage returns lazy (rows, vocab) logits when the item
+        produces tokens; everything else is evaluated here."""
+        self._drop(item.drop)
+        if isinstance(item, Prefill):
+            return self._prefill(item)
+        if isinstance(item, Decode):
+            return self._decode(item)
+        assert isinstance(item, Release)
+        return None
+
+    def _prefill(self, item: Prefill) -> mx.array | None:
+        cache = self.pending.setdefault(item.seq, self.stage.make_cache())
+        out = self._forward(item.tokens, cache, batch=1, length=len(item.tokens))
+        if self.stage.is_last and item.final:
+            return out[:, -1, :]
+        mx.eval(out if not self.stage.is_last else [c.state for c in cache])
+        return None
+
+    def _decode(self, item: Decode) -> mx.array | None:
+        batch = self.batches.setdefault(item.batch, MicroBatch())
+        if item.join:
+            self._join(batch, item.batch, item.join)
+        if batch.seqs != item.seqs:
+            raise DivergenceError(
+                f"micro-batch {item.batch}: rank {self.stage.rank} holds {batch.seqs}, "
+                f"rank 0 sent {item.seqs}"
+            )
+        tokens = [[token] for token in item.tokens]
+        out = self._forward(tokens, batch.caches, batch=len(tokens), length=1)
+        if self.stage.is_last:
+            return out[:, -1, :]
+        mx.eval(out)
+        return None
+
+    def _join(self, batch: MicroBatch, batch_id: int, seqs: list[str]) -> None:
+        joining = [self.pending.pop(seq) for seq in seqs]
+        merged = [
+            BatchKVCache.merge([cache[layer] for cache in joining])
+            for layer in range(len(self.stage.layers))
+        ]
+        if batch.caches:
+            for mine, theirs in zip(batch.caches, merged, strict=True):
+                mine.extend(theirs)
+        else:
+            batch.caches = merged
+        batch.seqs.extend(seqs)
+        for seq in seqs:
+            self.batch_of[seq] = batch_id
+
+    def _drop(self, seqs: list[str]) -> None:
+        by_batch: dict[int, set[str]] = {}
+        for seq in seqs:
+            if self.pending.pop(seq, None) is None and seq in self.batch_of:
+                by_batch.setdefault(self.batch_of.pop(seq), set()).add(seq)
+        for batch_id, gone in by_batch.items():
+            batch = self.batches[batch_id]
+            keep = [i for i, seq in enumerate(batch.seqs) if seq not in gone]
+            if not keep:
+                del self.batches[batch_id]
+                continue
+            for cache in batch.caches:
+                cache.filter(keep)
+            batch.seqs = [batch.seqs[i] for i in keep]
+
+    def _forward(self, tokens, cache, batch: int, length: int) -> mx.array:
+        inputs = mx.array(tokens, dtype=mx.int32) if self.stage.is_first else None
+        if inputs is not None and inputs.ndim == 1:
+            inputs = inputs[None]
+        return self.stage.forward(inputs, cache, batch=batch, length=length)
+
+    def holds(self) -> int:
+        """How many sequences have caches on this rank (0 when idle: nothing leaks)."""
+        return len(self.pending) + len(self.batch_of)

@@ -1,0 +1,70 @@
+"""Ranks 1..N-1: run the work items rank 0 sends, in order, until told to stop.
+
+Between items the rank blocks in a socket read (no CPU). Rank 0 going silent,
+a step past its deadline or a failed heartbeat all end the process: a stuck MLX
+op cannot be cancelled.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from ..cluster import Cluster
+from ..control import ControlError
+from .executor import StageExecutor
+from .liveness import StepWatchdog, exit_soon, send_heartbeats
+from .work import from_message
+
+log = logging.getLogger(__name__)
+
+
+def run_follower(cluster: Cluster) -> int:
+    """Serve rank 0's items; return the process exit code."""
+    config = cluster.config
+    leader = cluster.channels[0]
+    leader.send({"type": "ready"})
+    try:
+        start = leader.recv(timeout=config.load_timeout)
+    except ControlError as exc:
+        log.error("rank 0 did not start the cluster: %s", exc)
+        return 1
+    if start.get("type") != "start":
+        log.error("rank 0 did not start the cluster: %s", start.get("error", start.get("type")))
+        return 1
+
+    def lost(reason: str) -> None:
+        log.error("%s; exiting", reason)
+        exit_soon(1, 0.0)
+
+    stop_beats = threading.Event()
+    send_heartbeats([leader], config.heartbeat_interval, stop_beats, on_error=lost)
+    watchdog = StepWatchdog(config.step_timeout, lost)
+    executor = StageExecutor(cluster.stage)
+    while True:
+        try:
+            message = leader.recv(timeout=config.heartbeat_timeout)
+        except ControlError as exc:
+            lost(f"rank 0 lost: {exc}")
+            return 1
+        kind = message.get("type")
+        if kind == "heartbeat":
+            continue
+        if kind == "shutdown":
+            stop_beats.set()
+            if message.get("error"):
+                log.error("rank 0 shut the cluster down: %s", message["error"])
+                return 1
+            log.info("rank 0 shut the cluster down; exiting")
+            return 0
+        watchdog.begin()
+        try:
+            executor.run(from_message(message))
+        except Exception as exc:
+            log.exception("work item failed")
+            try:
+                leader.send({"type": "failed", "error": f"rank {config.rank}: {exc}"})
+            except ControlError:
+                pass
+            return 1
+        watchdog.end()

@@ -1,0 +1,218 @@
+"""Rank 0's engine: the API's `Engine`, and the lock-step loop that drives every rank.
+
+The loop runs in the main thread (the thread that owns this rank's MLX arrays);
+HTTP threads only queue requests and cancellations and read event queues.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+
+from ..cluster import Cluster
+from ..control import ControlError
+from .executor import StageExecutor
+from .interface import (
+    ErrorEvent,
+    Event,
+    Finished,
+    GenerationRequest,
+    Health,
+    NotReadyError,
+    QueueFullError,
+)
+from .liveness import StepWatchdog, exit_soon, send_heartbeats, watch_peer
+from .scheduler import Scheduler, Sequence
+from .work import to_message
+
+log = logging.getLogger(__name__)
+
+# How long rank 0 keeps serving error events after a rank is lost, before it exits.
+FAIL_GRACE_SECONDS = 2.0
+
+
+class PipelineEngine:
+    def __init__(
+        self,
+        cluster: Cluster,
+        eos_token_ids: set[int],
+        max_batch: int = 8,
+        max_queue: int = 64,
+    ):
+        config = cluster.config
+        self.cluster = cluster
+        self.executor = StageExecutor(cluster.stage)
+        self.scheduler = Scheduler(
+            eos_token_ids, micro_batches=cluster.world_size, max_batch=max_batch
+        )
+        # As many items in flight as there are stages keeps every stage busy.
+        self.depth = cluster.world_size
+        self.max_open = max_batch + max_queue
+        self.peers = dict(cluster.channels)
+        self.inflight: deque = deque()
+        self._inbox: deque = deque()
+        self._wake = threading.Condition()
+        self._streams: dict[str, Sequence] = {}
+        self._lock = threading.Lock()
+        self._failure: str | None = None
+        self._loading = True
+        self._draining = False
+        self._stop_beats = threading.Event()
+        self.watchdog = StepWatchdog(config.step_timeout, self.fail)
+
+    # -- the API side ------------------------------------------------------
+    def submit(self, request: GenerationRequest) -> Iterator[Event]:
+        health = self.health()
+        if not health.ok:
+            raise NotReadyError(health.reason)
+        sequence = Sequence(request)
+        with self._lock:
+            if len(self._streams) >= self.max_open:
+                raise QueueFullError(f"{len(self._streams)} requests open; retry shortly")
+            self._streams[request.id] = sequence
+        self._post(("add", sequence))
+        return self._events(sequence)
+
+    def _events(self, sequence: Sequence) -> Iterator[Event]:
+        finished = False
+        try:
+            while True:
+                event = sequence.events.get()
+                finished = isinstance(event, Finished | ErrorEvent)
+                yield event
+                if finished:
+                    return
+        finally:
+            if not finished:
+                self.cancel(sequence.id)
+            with self._lock:
+                self._streams.pop(sequence.id, None)
+
+    def cancel(self, request_id: str) -> None:
+        self._post(("cancel", request_id))
+
+    def health(self) -> Health:
+        ranks = self.cluster.world_size
+        if self._failure:
+            return Health(False, self._failure, ranks)
+        if self._loading:
+            return Health(False, "loading", ranks)
+        if self._draining:
+            return Health(False, "draining: the server is shutting down", ranks)
+        return Health(True, "", ranks)
+
+    def open_requests(self) -> int:
+        with self._lock:
+            return len(self._streams)
+
+    def _post(self, message) -> None:
+        with self._wake:
+            self._inbox.append(message)
+            self._wake.notify()
+
+    # -- failure and shutdown ----------------------------------------------
+    def fail(self, reason: str) -> None:
+        """A rank is lost: fail every request, turn /health 503, end every rank."""
+        with self._lock:
+            if self._failure:
+                return
+            self._failure = reason
+            streams = list(self._streams.values())
+        log.error("cluster failure: %s; failing %d request(s) and exiting", reason, len(streams))
+        for sequence in streams:
+            sequence.events.put(ErrorEvent(f"the cluster failed: {reason}"))
+        self._tell_peers({"type": "shutdown", "error": reason})
+        exit_soon(1, FAIL_GRACE_SECONDS)
+
+    def drain(self) -> None:
+        """Stop taking requests; the loop ends once the running ones finish."""
+        self._draining = True
+        self._post(("drain", None))
+
+    def _tell_peers(self, message: dict) -> None:
+        for channel in self.peers.values():
+            try:
+                channel.send(message)
+            except ControlError:
+                pass
+
+    # -- the loop ------------------------------------------------------------
+    def wait_for_ranks(self) -> None:
+        """Every rank has loaded its stage; then start them, watch them, turn healthy."""
+        for rank, channel in self.peers.items():
+            message = channel.recv(timeout=self.cluster.config.load_timeout)
+            if message.get("type") != "ready":
+                error = message.get("error", f"rank {rank} sent {message.get('type')!r}")
+                self._tell_peers({"type": "shutdown", "error": error})
+                raise ControlError(error)
+        self._tell_peers({"type": "start"})
+        interval = self.cluster.config.heartbeat_interval
+        send_heartbeats(list(self.peers.values()), interval, self._stop_beats)
+        for rank, channel in self.peers.items():
+            watch_peer(rank, channel, self.cluster.config.heartbeat_timeout, self.fail)
+        self._loading = False
+        log.info("all %d rank(s) loaded; ready", self.cluster.world_size)
+
+    def run(self, drain_seconds: float = 30.0) -> int:
+        """Serve until drained (returns 0) or failed (the process exits non-zero)."""
+        drain_deadline = None
+        try:
+            while True:
+                if self._take_inbox() and drain_deadline is None:
+                    drain_deadline = time.monotonic() + drain_seconds
+                if drain_deadline is not None:
+                    if not self.scheduler.active and not self.inflight:
+                        break
+                    if time.monotonic() > drain_deadline:
+                        self.scheduler.fail_all("the server shut down before this finished")
+                        break
+                self._step()
+        except Exception as exc:  # any failure here leaves the ranks out of step
+            log.exception("engine loop failed")
+            self.fail(f"internal error on rank 0 ({type(exc).__name__})")
+            self._block_until_exit()
+        self._stop_beats.set()
+        self._tell_peers({"type": "shutdown"})
+        return 0
+
+    def _step(self) -> None:
+        self.scheduler.expire(time.monotonic())
+        while len(self.inflight) < self.depth:
+            item = self.scheduler.next_item()
+            if item is None:
+                break
+            message = to_message(item)
+            for channel in self.peers.values():
+                channel.send(message)
+            self.inflight.append(item)
+        if not self.inflight:
+            with self._wake:
+                if not self._inbox:
+                    self._wake.wait(timeout=0.5 if self.scheduler.active else None)
+            return
+        item = self.inflight.popleft()
+        self.watchdog.begin()
+        logits = self.executor.run(item)
+        self.scheduler.on_result(item, logits)
+        self.watchdog.end()
+
+    def _take_inbox(self) -> bool:
+        """Apply queued adds and cancels; True when a drain was requested."""
+        with self._wake:
+            messages, self._inbox = list(self._inbox), deque()
+        drain = False
+        for kind, value in messages:
+            if kind == "add":
+                self.scheduler.add(value)
+            elif kind == "cancel":
+                self.scheduler.cancel(value)
+            elif kind == "drain":
+                drain = True
+        return drain
+
+    def _block_until_exit(self) -> None:
+        while True:
+            time.sleep(1.0)

@@ -1,0 +1,101 @@
+"""Knowing that the other ranks are alive, and ending this one when they are not.
+
+An MLX op stuck on a stopped peer cannot be cancelled and the ring cannot be
+re-initialised in-process, so the only safe reaction to a lost rank is to fail
+the requests and end the process (a supervisor restarts the cluster).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+
+from ..control import Channel, ControlError
+
+log = logging.getLogger(__name__)
+
+
+class StepWatchdog:
+    """Ends the process when one step (an MLX op) runs past its deadline."""
+
+    def __init__(self, timeout: float, on_expire: Callable[[str], None]):
+        self.timeout = timeout
+        self.on_expire = on_expire
+        self._started: float | None = None
+        self._lock = threading.Lock()
+        thread = threading.Thread(target=self._watch, name="step-watchdog", daemon=True)
+        thread.start()
+
+    def begin(self) -> None:
+        with self._lock:
+            self._started = time.monotonic()
+
+    def end(self) -> None:
+        with self._lock:
+            self._started = None
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(min(1.0, self.timeout / 4))
+            with self._lock:
+                started = self._started
+            if started is not None and time.monotonic() - started > self.timeout:
+                self.on_expire(f"a pipeline step ran longer than {self.timeout:g} s")
+                return
+
+
+def send_heartbeats(
+    channels: list[Channel],
+    interval: float,
+    stop: threading.Event,
+    on_error: Callable[[str], None] | None = None,
+) -> None:
+    """Start a thread that sends a heartbeat on every channel each `interval` seconds.
+
+    A failed send calls `on_error` (where no reader would notice the loss).
+    """
+
+    def beat():
+        while not stop.wait(interval):
+            for channel in channels:
+                try:
+                    channel.send({"type": "heartbeat"})
+                except ControlError as exc:
+                    if on_error is not None:
+                        on_error(f"{channel.peer} lost: {exc}")
+                        return
+
+    threading.Thread(target=beat, name="heartbeats", daemon=True).start()
+
+
+def watch_peer(
+    rank: int, channel: Channel, timeout: float, on_lost: Callable[[str], None]
+) -> None:
+    """Start a thread that reads a peer's heartbeats; silence or EOF means it is lost."""
+
+    def read():
+        while True:
+            try:
+                message = channel.recv(timeout=timeout)
+            except ControlError as exc:
+                on_lost(f"rank {rank} lost: {exc}")
+                return
+            if message.get("type") == "failed":
+                on_lost(f"rank {rank} failed: {message.get('error', 'unknown error')}")
+                return
+
+    threading.Thread(target=read, name=f"watch-rank-{rank}", daemon=True).start()
+
+
+def exit_soon(code: int, delay: float) -> None:
+    """End the process after `delay` seconds, whatever the other threads are doing."""
+
+    def end():
+        time.sleep(delay)
+        logging.shutdown()
+        os._exit(code)
+
+    threading.Thread(target=end, name="exit", daemon=True).start()

@@ -1,0 +1,221 @@
+"""Rank 0's scheduler: which work item runs next, and what its result means.
+
+Sequences wait, are prefilled one chunk per item (so long prompts interleave with
+decoding), then join one of the micro-batches. Each micro-batch has at most one
+decode item in flight; with several micro-batches, several items are in the
+pipeline at once and every stage has work. Cancellations and finished sequences
+are dropped by the next item issued, which every rank runs after the items that
+still held them.
+"""
+
+from __future__ import annotations
+
+import queue
+from collections import deque
+from dataclasses import dataclass, field
+
+from .interface import ErrorEvent, Finished, GenerationRequest, PrefillProgress, TokenEvent
+from .sampling import SequenceSampler, sample_rows
+from .work import Decode, Prefill, Release, WorkItem
+
+
+@dataclass(eq=False)
+class Sequence:
+    request: GenerationRequest
+    events: queue.Queue = field(default_factory=queue.Queue)
+    sampler: SequenceSampler | None = None
+    chunks: deque = field(default_factory=deque)
+    generated: int = 0
+    last_token: int = -1
+    batch: int | None = None
+    cancelled: bool = False
+    done: bool = False
+
+    @property
+    def id(self) -> str:
+        return self.request.id
+
+
+class Scheduler:
+    def __init__(
+        self,
+        eos_token_ids: set[int],
+        micro_batches: int = 1,
+        max_batch: int = 8,
+        prefill_step_size: int = 2048,
+    ):
+        self.eos_token_ids = eos_token_ids
+        self.max_batch = max_batch
+        self.prefill_step_size = prefill_step_size
+        self.waiting: deque[Sequence] = deque()
+        self.prefilling: Sequence | None = None
+        self.prefill_busy = False
+        self.members: dict[int, list[Sequence]] = {b: [] for b in range(micro_batches)}
+        self.joining: dict[int, list[Sequence]] = {b: [] for b in range(micro_batches)}
+        self.busy: set[int] = set()
+        # The sequences of each decode item in flight, by micro-batch, in row order.
+        self.rows_in_flight: dict[int, list[Sequence]] = {}
+        self.to_drop: list[str] = []
+        self.by_id: dict[str, Sequence] = {}
+        self._turn = 0
+
+    # -- requests in -------------------------------------------------------
+    def add(self, sequence: Sequence) -> None:
+        prompt = sequence.request.prompt_tokens
+        sequence.sampler = SequenceSampler(sequence.request.sampling, prompt)
+        body = prompt[:-1]
+        for start in range(0, len(body), self.prefill_step_size):
+            sequence.chunks.append((body[start : start + self.prefill_step_size], False))
+        sequence.chunks.append((prompt[-1:], True))
+        self.waiting.append(sequence)
+        self.by_id[sequence.id] = sequence
+
+    def cancel(self, seq_id: str) -> None:
+        sequence = self.by_id.get(seq_id)
+        if sequence is None or sequence.done:
+            return
+        sequence.cancelled = True
+        if sequence in self.waiting:
+            self.waiting.remove(sequence)
+            self._finish(sequence, "cancelled", holds_cache=False)
+            return
+        for group in (*self.members.values(), *self.joining.values()):
+            if sequence in group:
+                group.remove(sequence)
+        if sequence is self.prefilling and not self.prefill_busy:
+            self.prefilling = None
+        self._finish(sequence, "cancelled")
+
+    def expire(self, now: float) -> None:
+        for sequence in list(self.by_id.values()):
+            deadline = sequence.request.deadline
+            if deadline is not None and now > deadline:
+                self.cancel(sequence.id)
+
+    @property
+    def active(self) -> int:
+        return len(self.by_id)
+
+    @property
+    def queued(self) -> int:
+        return len(self.waiting)
+
+    # -- items out ---------------------------------------------------------
+    def next_item(self) -> WorkItem | None:
+        """The next item to issue, or None when nothing can start now."""
+        candidates = [self._decode_item] * len(self.members) + [self._prefill_item]
+        for offset in range(len(candidates)):
+            index = (self._turn + offset) % len(candidates)
+            item = candidates[index](index) if index < len(self.members) else candidates[index]()
+            if item is not None:
+                self._turn = index + 1
+                return item
+        if self.to_drop and not self.busy and not self.prefill_busy:
+            return Release(self._take_drops())
+        return None
+
+    def _decode_item(self, batch: int) -> Decode | None:
+        if batch in self.busy or not (self.members[batch] or self.joining[batch]):
+            return None
+        joiners = self.joining[batch]
+        self.members[batch] = self.members[batch] + joiners
+        self.joining[batch] = []
+        self.busy.add(batch)
+        rows = self.members[batch]
+        self.rows_in_flight[batch] = rows
+        return Decode(
+            batch=batch,
+            seqs=[s.id for s in rows],
+            tokens=[s.last_token for s in rows],
+            join=[s.id for s in joiners],
+            drop=self._take_drops(),
+        )
+
+    def _prefill_item(self) -> Prefill | None:
+        if self.prefill_busy:
+            return None
+        if self.prefilling is None:
+            if not self.waiting or self.running() >= self.max_batch:
+                return None
+            self.prefilling = self.waiting.popleft()
+        sequence = self.prefilling
+        tokens, final = sequence.chunks.popleft()
+        self.prefill_busy = True
+        return Prefill(seq=sequence.id, tokens=tokens, final=final, drop=self._take_drops())
+
+    def running(self) -> int:
+        """Sequences prefilled and decoding (or about to join a micro-batch)."""
+        return sum(len(self.members[b]) + len(self.joining[b]) for b in self.members)
+
+    def _take_drops(self) -> list[str]:
+        drops, self.to_drop = self.to_drop, []
+        return drops
+
+    # -- results in --------------------------------------------------------
+    def on_result(self, item: WorkItem, logits) -> None:
+        """Sample what `item` produced and deliver events to the sequences."""
+        if isinstance(item, Prefill):
+            self._after_prefill(item, logits)
+        elif isinstance(item, Decode):
+            self.busy.discard(item.batch)
+            rows = self.rows_in_flight.pop(item.batch)
+            events = sample_rows(logits, [s.sampler for s in rows])
+            for sequence, event in zip(rows, events, strict=True):
+                if not sequence.cancelled:
+                    self._deliver(sequence, event)
+
+    def _after_prefill(self, item: Prefill, logits) -> None:
+        self.prefill_busy = False
+        sequence = self.prefilling
+        if sequence is None or sequence.cancelled:
+            self.prefilling = None
+            return
+        total = len(sequence.request.prompt_tokens)
+        done = total - sum(len(tokens) for tokens, _ in sequence.chunks)
+        sequence.events.put(PrefillProgress(done, total))
+        if not item.final:
+            return
+        self.prefilling = None
+        (event,) = sample_rows(logits, [sequence.sampler])
+        sequence.batch = min(
+            self.members, key=lambda b: len(self.members[b]) + len(self.joining[b])
+        )
+        self.joining[sequence.batch].append(sequence)
+        self._deliver(sequence, event)
+
+    def _deliver(self, sequence: Sequence, event: TokenEvent) -> None:
+        sequence.generated += 1
+        if event.token_id in self.eos_token_ids:
+            self._remove(sequence)
+            self._finish(sequence, "stop")
+            return
+        sequence.last_token = event.token_id
+        sequence.events.put(event)
+        if sequence.generated >= sequence.request.max_tokens:
+            self._remove(sequence)
+            self._finish(sequence, "length")
+
+    def _remove(self, sequence: Sequence) -> None:
+        for group in (*self.members.values(), *self.joining.values()):
+            if sequence in group:
+                group.remove(sequence)
+
+    def _finish(self, sequence: Sequence, reason: str, holds_cache: bool = True) -> None:
+        sequence.done = True
+        self.by_id.pop(sequence.id, None)
+        if holds_cache:
+            self.to_drop.append(sequence.id)
+        if sequence is self.prefilling and not self.prefill_busy:
+            self.prefilling = None
+        sequence.events.put(
+            Finished(reason, len(sequence.request.prompt_tokens), sequence.generated)
+        )
+
+    def fail_all(self, message: str) -> None:
+        """Every unfinished sequence ends with an error (a rank was lost)."""
+        for sequence in list(self.by_id.values()) + list(self.waiting):
+            if not sequence.done:
+                sequence.done = True
+                sequence.events.put(ErrorEvent(message))
+        self.by_id.clear()
+        self.waiting.clear()

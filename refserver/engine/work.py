@@ -1,0 +1,65 @@
+"""Work items: what every rank does for one pipeline step, as rank 0 decided it.
+
+Rank 0 sends each item over the control plane before running it itself; every
+rank runs the items in the same order, so their KV caches never diverge. Token
+ids ride in the item: rank 0 must read each sampled token anyway to decide stops
+before it can say what the next step holds, and the first stage then needs no
+ring receive (a blocking socket read costs no CPU; a ring receive busy-polls).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class Prefill:
+    """Feed a chunk of one sequence's prompt into its own (unbatched) cache.
+
+    `final` chunks are the prompt's last token alone, as mlx_lm.generate_step
+    does it; their logits give the first generated token.
+    """
+
+    seq: str
+    tokens: list[int]
+    final: bool
+    drop: list[str] = field(default_factory=list)
+    kind: str = "prefill"
+
+
+@dataclass(frozen=True)
+class Decode:
+    """One token for every sequence of a micro-batch.
+
+    Before the step, `drop` sequences leave whatever cache holds them and `join`
+    sequences (prefilled, waiting) enter this micro-batch's batched cache, in
+    that order; `seqs` then lists the batch rows in order, `tokens` their inputs.
+    """
+
+    batch: int
+    seqs: list[str]
+    tokens: list[int]
+    join: list[str] = field(default_factory=list)
+    drop: list[str] = field(default_factory=list)
+    kind: str = "decode"
+
+
+@dataclass(frozen=True)
+class Release:
+    """Free the caches of finished or cancelled sequences when no step is due."""
+
+    drop: list[str]
+    kind: str = "release"
+
+
+WorkItem = Prefill | Decode | Release
+_KINDS = {"prefill": Prefill, "decode": Decode, "release": Release}
+
+
+def to_message(item: WorkItem) -> dict:
+    return {"type": "work", "item": asdict(item)}
+
+
+def from_message(message: dict) -> WorkItem:
+    data = dict(message["item"])
+    return _KINDS[data["kind"]](**data)

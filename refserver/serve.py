@@ -1,0 +1,141 @@
+"""Run one rank: rank 0 serves HTTP and drives the engine, the others follow."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from . import cluster as cluster_start
+from .config import ServerConfig
+from .control import ControlError
+from .engine.follower import run_follower
+from .engine.interface import Health, NotReadyError
+
+log = logging.getLogger("refserver")
+
+
+class EngineSlot:
+    """The API's engine before and after loading: 503 "loading" until attached."""
+
+    def __init__(self):
+        self.engine = None
+
+    def attach(self, engine) -> None:
+        self.engine = engine
+
+    def submit(self, request):
+        if self.engine is None:
+            raise NotReadyError("loading")
+        return self.engine.submit(request)
+
+    def cancel(self, request_id: str) -> None:
+        if self.engine is not None:
+            self.engine.cancel(request_id)
+
+    def health(self) -> Health:
+        if self.engine is None:
+            return Health(False, "loading")
+        return self.engine.health()
+
+
+def run_rank(config: ServerConfig) -> int:
+    if config.cluster.rank != 0:
+        try:
+            cluster = cluster_start.start(config.cluster)
+        except cluster_start.StartupError as exc:
+            log.error("%s", exc)
+            return 2
+        return run_follower(cluster)
+    return _run_leader(config)
+
+
+def _run_leader(config: ServerConfig) -> int:
+    from .api.server import PortUnavailableError, check_port_free, make_server, shutdown
+
+    try:
+        check_port_free(config.host, config.port)
+    except PortUnavailableError as exc:
+        log.error("%s", exc)
+        cluster_start.report_failure(config.cluster, str(exc))
+        return 2
+    try:
+        model_path = cluster_start.metadata_path(config.cluster.model)
+        tokenizer, model_config = _tokenizer_and_config(model_path)
+    except (cluster_start.StartupError, OSError, ValueError) as exc:
+        log.error("%s", exc)
+        cluster_start.report_failure(config.cluster, str(exc))
+        return 2
+    slot = EngineSlot()
+    server = make_server(_make_app(config, slot, tokenizer, model_config), config.host, config.port)
+    threading.Thread(target=server.run, name="http", daemon=True).start()
+    log.info("HTTP on http://%s:%d/v1 (503 until every rank is loaded)", config.host, config.port)
+    try:
+        return _serve(config, slot, server, tokenizer, model_config)
+    finally:
+        shutdown(server)
+
+
+def _serve(config, slot, server, tokenizer, model_config) -> int:
+    from .cli import install_drain_handler
+    from .engine.leader import PipelineEngine
+
+    try:
+        cluster = cluster_start.start(config.cluster)
+    except cluster_start.StartupError as exc:
+        log.error("%s", exc)
+        return 2
+    engine = PipelineEngine(
+        cluster,
+        eos_token_ids=_eos_ids(tokenizer, model_config),
+        max_batch=config.max_batch,
+        max_queue=config.max_queue,
+    )
+    slot.attach(engine)
+    try:
+        engine.wait_for_ranks()
+    except ControlError as exc:
+        log.error("start-up failed: %s", exc)
+        return 2
+    install_drain_handler(engine.drain)
+    code = engine.run(config.drain_seconds)
+    log.info("drained; exiting")
+    return code
+
+
+def _make_app(config: ServerConfig, slot, tokenizer, model_config):
+    from .api import ApiSettings, create_app, model_aliases_for
+
+    settings = ApiSettings(
+        model_name=config.served_model_name or Path(config.cluster.model).name,
+        model_aliases=model_aliases_for(config.cluster.model),
+        context_length=model_config.get("max_position_embeddings", 4096),
+        default_max_tokens=config.max_tokens,
+        max_tokens_cap=config.max_tokens_cap,
+        max_body_bytes=config.max_body_bytes,
+        api_keys=config.api_keys,
+        allowed_origins=config.allowed_origins,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        top_k=config.top_k,
+    )
+    return create_app(slot, tokenizer, settings)
+
+
+def _tokenizer_and_config(model_path: Path):
+    import json
+
+    from transformers import AutoTokenizer
+
+    model_config = json.loads((model_path / "config.json").read_text())
+    return AutoTokenizer.from_pretrained(str(model_path)), model_config
+
+
+def _eos_ids(tokenizer, model_config: dict) -> set[int]:
+    ids = set()
+    for value in (tokenizer.eos_token_id, model_config.get("eos_token_id")):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, list):
+            ids.update(v for v in value if isinstance(v, int))
+    return ids
