@@ -122,7 +122,7 @@ class Scheduler:
         self.joining[batch] = []
         self.busy.add(batch)
         rows = self.members[batch]
-        self.rows_in_flight[batch] = rows
+        self.rows_in_flight[batch] = list(rows)
         return Decode(
             batch=batch,
             seqs=[s.id for s in rows],
