@@ -1,0 +1,157 @@
+"""The server end to end on real ranks, with the official openai SDK as the client."""
+
+from __future__ import annotations
+
+import threading
+
+import httpx
+import openai
+import pytest
+
+from simcluster.parity import reference_tokens
+from simcluster.serve import ServerCluster
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = [
+    "Write a short story about a lighthouse keeper.",
+    "List three colours.",
+    "What is the capital of France?",
+    "Explain recursion to a child.",
+    "Say hello in four languages.",
+    "Describe a cat.",
+    "Count to ten.",
+    "Why is the sky blue?",
+]
+
+
+@pytest.fixture(scope="module", params=[2, 3], ids=["2-ranks", "3-ranks"])
+def server(request, tiny_model):
+    with ServerCluster(request.param, tiny_model) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tiny_model))
+
+
+def chat_prompt(tokenizer, text: str) -> list[int]:
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
+    )
+    return tokenizer.encode(rendered, add_special_tokens=False)
+
+
+def expected_text(tiny_model, tokenizer, prompt: list[int], max_tokens: int) -> str:
+    """Single-process mlx_lm's greedy text, ended at the first end-of-sequence token."""
+    tokens = reference_tokens(tiny_model, prompt, max_tokens)
+    if tokenizer.eos_token_id in tokens:
+        tokens = tokens[: tokens.index(tokenizer.eos_token_id)]
+    return tokenizer.decode(tokens)
+
+
+def ask(client, text: str, max_tokens: int = 48, **kwargs):
+    return client.chat.completions.create(
+        model="default_model",
+        messages=[{"role": "user", "content": text}],
+        max_tokens=max_tokens,
+        temperature=0,
+        **kwargs,
+    )
+
+
+def test_health_and_models(server, client):
+    status, body = server.health()
+    assert status == 200 and body["status"] == "ok"
+    assert [m.id for m in client.models.list().data]
+
+
+def test_chat_matches_single_process_greedy(client, tiny_model, tokenizer):
+    prompt = chat_prompt(tokenizer, PROMPTS[0])
+    response = ask(client, PROMPTS[0])
+    choice = response.choices[0]
+    assert choice.message.role == "assistant"
+    assert choice.message.content == expected_text(tiny_model, tokenizer, prompt, 48)
+    assert response.usage.prompt_tokens == len(prompt)
+    assert response.usage.prompt_tokens_details.cached_tokens == 0
+    assert choice.finish_reason in ("stop", "length")
+
+
+def test_stream_with_usage(client, tiny_model, tokenizer):
+    stream = ask(client, PROMPTS[1], stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert sum(1 for f in finishes if f) == 1
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert all(c.choices[0].delta.role is None for c in chunks[1:] if c.choices)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    prompt = chat_prompt(tokenizer, PROMPTS[1])
+    assert text == expected_text(tiny_model, tokenizer, prompt, 48)
+
+
+def test_completions(client, tiny_model, tokenizer):
+    prompt = tokenizer.encode("Once upon a time", add_special_tokens=False)
+    response = client.completions.create(
+        model="default_model", prompt="Once upon a time", max_tokens=32, temperature=0
+    )
+    assert response.object == "text_completion"
+    assert response.choices[0].text == expected_text(tiny_model, tokenizer, prompt, 32)
+
+
+def test_stop_string_across_token_boundary(client, tiny_model, tokenizer):
+    prompt = chat_prompt(tokenizer, PROMPTS[3])
+    tokens = reference_tokens(tiny_model, prompt, 40)
+    pieces = [tokenizer.decode(tokens[: i + 1]) for i in range(len(tokens))]
+    # A stop string made of the end of one token and the start of the next.
+    boundary = next(
+        i for i in range(4, len(tokens) - 1) if len(pieces[i]) - len(pieces[i - 1]) >= 2
+        and len(pieces[i + 1]) - len(pieces[i]) >= 2
+    )
+    stop = pieces[boundary + 1][len(pieces[boundary]) - 1 : len(pieces[boundary]) + 1]
+    before = pieces[boundary + 1][: pieces[boundary + 1].index(stop)]
+    response = ask(client, PROMPTS[3], max_tokens=40, stop=[stop])
+    assert response.choices[0].message.content == before
+    assert response.choices[0].finish_reason == "stop"
+
+
+def test_concurrent_requests_each_equal_their_greedy_answer(client, tiny_model, tokenizer):
+    results: dict[int, str] = {}
+
+    def run(index: int) -> None:
+        results[index] = ask(client, PROMPTS[index], max_tokens=32).choices[0].message.content
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(PROMPTS))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert sorted(results) == list(range(len(PROMPTS)))
+    for index, text in results.items():
+        prompt = chat_prompt(tokenizer, PROMPTS[index])
+        assert text == expected_text(tiny_model, tokenizer, prompt, 32), index
+
+
+def test_disconnect_mid_stream_then_normal_request(server, client, tiny_model, tokenizer):
+    body = {
+        "model": "default_model",
+        "messages": [{"role": "user", "content": PROMPTS[5]}],
+        "max_tokens": 2000,
+        "temperature": 0,
+        "stream": True,
+    }
+    with httpx.stream("POST", f"{server.base_url}/chat/completions", json=body, timeout=60) as r:
+        for index, _line in enumerate(r.iter_lines()):
+            if index > 6:
+                break  # leaving the block closes the connection mid-stream
+    response = ask(client, PROMPTS[2])
+    prompt = chat_prompt(tokenizer, PROMPTS[2])
+    assert response.choices[0].message.content == expected_text(tiny_model, tokenizer, prompt, 48)
