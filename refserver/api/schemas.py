@@ -1,0 +1,261 @@
+"""Request bodies as pydantic models: types and ranges checked here, not by hand.
+
+Validation is strict (no "5" for 5, no true for 1), unknown fields are ignored and a
+null for an optional field means the field is absent. ``validation.parse_request``
+applies these models and turns their errors into 400s.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+MAX_STOP_STRINGS = 16
+MAX_STOP_CHARS = 1000
+MAX_LOGIT_BIAS = 1024
+
+# Keys of apply_chat_template itself: a client may not override them (nor send a template).
+RESERVED_TEMPLATE_KWARGS = frozenset(
+    (
+        "conversation", "messages", "tools", "documents", "chat_template",
+        "add_generation_prompt", "continue_final_message", "tokenize", "padding",
+        "truncation", "max_length", "return_tensors", "return_dict",
+        "return_assistant_tokens_mask", "tokenizer_kwargs", "sanitize_control_tokens",
+    )
+)  # fmt: skip
+
+Int64 = Annotated[int, Field(ge=-(2**63), le=2**64 - 1)]
+Count = Annotated[int, Field(ge=1, le=2**31 - 1)]
+TokenId = Annotated[int, Field(ge=0, le=2**31 - 1)]
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False, frozen=True)
+
+
+class StreamOptions(StrictModel):
+    include_usage: bool | None = None
+
+
+class ResponseFormat(StrictModel):
+    """Accepted: "text"; "json_object" and "json_schema" are accepted but NOT enforced.
+
+    The model is not constrained to produce JSON: clients that send these get ordinary
+    sampling, so they should also ask for JSON in the prompt and validate the reply.
+    """
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: dict[str, Any] | None = None
+
+
+class SamplingFields(StrictModel):
+    """Fields shared by chat and text completions."""
+
+    model: str | None = None
+    max_tokens: Count | None = None
+    max_completion_tokens: Count | None = None
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=0, le=2**31 - 1)
+    min_p: float | None = Field(None, ge=0, le=1)
+    repetition_penalty: float | None = Field(None, gt=0, le=100)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
+    seed: Int64 | None = None
+    stop: str | list[str] | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    n: int | None = None
+    user: str | None = None
+    response_format: ResponseFormat | None = None
+
+    @field_validator("n")
+    @classmethod
+    def _one_choice(cls, n: int | None) -> int | None:
+        if n is not None and n != 1:
+            raise ValueError(f"only n=1 is supported, got {n}")
+        return n
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_biases(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
+        if bias is None:
+            return None
+        if len(bias) > MAX_LOGIT_BIAS:
+            raise ValueError(f"at most {MAX_LOGIT_BIAS} entries, got {len(bias)}")
+        for key, value in bias.items():
+            if not key.isascii() or not key.isdigit() or len(key) > 10:
+                raise ValueError(f"keys must be token ids, got {key[:20]!r}")
+            if not -100 <= value <= 100:
+                raise ValueError(f"values must be in [-100, 100], got {value} for {key}")
+        return bias
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_strings(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        strings = [stop] if isinstance(stop, str) else stop or []
+        if len(strings) > MAX_STOP_STRINGS:
+            raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings, got {len(strings)}")
+        if any(len(s) > MAX_STOP_CHARS for s in strings):
+            raise ValueError(f"a stop string may have at most {MAX_STOP_CHARS} characters")
+        return stop
+
+    @property
+    def stop_strings(self) -> tuple[str, ...]:
+        """The stop strings, empty ones dropped."""
+        strings = [self.stop] if isinstance(self.stop, str) else self.stop or []
+        return tuple(s for s in strings if s)
+
+    @property
+    def requested_max_tokens(self) -> int | None:
+        """max_completion_tokens (the newer name) wins over max_tokens."""
+        return self.max_completion_tokens or self.max_tokens
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class TextPart(StrictModel):
+    type: str
+    text: str | None = None
+
+    @model_validator(mode="after")
+    def _text_only(self) -> TextPart:
+        if self.type != "text":
+            raise ValueError(f"only text content parts are supported, got type {self.type!r}")
+        if self.text is None:
+            raise ValueError("a text content part needs a 'text' string")
+        return self
+
+
+class FunctionCall(StrictModel):
+    name: str
+    arguments: str | dict[str, Any] = "{}"
+
+
+class ToolCall(StrictModel):
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+    def to_template(self) -> dict[str, Any]:
+        """The call for the chat template, arguments decoded to an object when they are JSON."""
+        arguments: Any = self.function.arguments
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments)
+            except (ValueError, RecursionError):
+                pass  # left as the client's string; the template decides what to do
+        call = {"type": self.type, "function": {"name": self.function.name, "arguments": arguments}}
+        return call if self.id is None else {"id": self.id, **call}
+
+
+class Message(StrictModel):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+    reasoning_content: str | None = None
+
+    @model_validator(mode="after")
+    def _content_present(self) -> Message:
+        if self.content is None and self.role != "assistant":
+            raise ValueError(f"a {self.role} message needs content")
+        return self
+
+    def to_template(self) -> dict[str, Any]:
+        """The message as chat templates take it: content as one string."""
+        content = self.content or ""
+        if isinstance(content, list):
+            content = "".join(part.text or "" for part in content)
+        message: dict[str, Any] = {"role": self.role, "content": content}
+        for key in ("name", "tool_call_id", "reasoning_content"):
+            if getattr(self, key) is not None:
+                message[key] = getattr(self, key)
+        if self.tool_calls:
+            message["tool_calls"] = [call.to_template() for call in self.tool_calls]
+        return message
+
+
+class FunctionDef(StrictModel):
+    name: str = Field(min_length=1, max_length=256)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(StrictModel):
+    type: Literal["function"]
+    function: FunctionDef
+
+    def to_template(self) -> dict[str, Any]:
+        return {"type": self.type, "function": self.function.model_dump(exclude_none=True)}
+
+
+class NamedToolChoice(StrictModel):
+    type: Literal["function"]
+    function: dict[str, str]
+
+
+class ChatCompletionRequest(SamplingFields):
+    messages: list[Message] = Field(min_length=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    tools: list[Tool] | None = Field(None, max_length=1024)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _needs_logprobs(cls, top: int | None, info: ValidationInfo) -> int | None:
+        if top and not info.data.get("logprobs"):
+            raise ValueError("top_logprobs requires logprobs to be true")
+        return top
+
+    @field_validator("chat_template_kwargs")
+    @classmethod
+    def _no_reserved_kwargs(cls, kwargs: dict[str, Any] | None) -> dict[str, Any] | None:
+        reserved = sorted(RESERVED_TEMPLATE_KWARGS.intersection(kwargs or {}))
+        if reserved:
+            raise ValueError(f"these keys may not be set: {', '.join(reserved)}")
+        return kwargs
+
+
+class CompletionRequest(SamplingFields):
+    prompt: str | list[str] | list[TokenId] | list[list[TokenId]]
+    logprobs: int | None = Field(None, ge=0, le=5)
+    echo: bool | None = None
+    best_of: int | None = None
+    suffix: str | None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, prompt: Any) -> Any:
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list):
+            if len(prompt) != 1:
+                raise ValueError(f"only one prompt per request is supported, got {len(prompt)}")
+            prompt = prompt[0]
+        if len(prompt) == 0:
+            raise ValueError("the prompt must not be empty")
+        return prompt
+
+    @field_validator("echo", "best_of", "suffix")
+    @classmethod
+    def _unsupported(cls, value: Any, info: ValidationInfo) -> Any:
+        only = {"echo": False, "best_of": 1, "suffix": ""}[info.field_name]
+        if value is not None and value != only:
+            raise ValueError(f"only {info.field_name}={only!r} is supported")
+        return value
