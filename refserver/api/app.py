@@ -1,0 +1,133 @@
+"""The Flask application: request ids, auth, CORS, error objects, /health, the routes."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+import uuid
+from typing import Any
+
+from flask import Flask, Response, g, jsonify, request
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+
+from refserver.api.errors import ApiError
+from refserver.api.prompting import Vocabulary
+from refserver.api.routes import MessageBuilderFactory, OpenAIRoutes, plain_text_builder
+from refserver.api.settings import ApiSettings
+from refserver.engine.interface import Engine
+
+log = logging.getLogger(__name__)
+
+_OPEN_PATHS = frozenset(("/health",))
+
+
+def create_app(
+    engine: Engine,
+    tokenizer: Any,
+    settings: ApiSettings,
+    message_builder: MessageBuilderFactory = plain_text_builder,
+) -> Flask:
+    """The OpenAI-compatible app, serving `engine` with `tokenizer`.
+
+    message_builder makes, per chat request, the object that turns generated text
+    into message fields (the seam for reasoning and tool-call parsing).
+    """
+    app = Flask("refserver.api")
+    app.extensions["refserver"] = settings  # read by server.serve()
+    app.json.sort_keys = False
+    app.json.ensure_ascii = False
+    app.json.compact = True
+    app.before_request(_start_request)
+    app.before_request(lambda: _authenticate(settings.api_keys))
+    app.after_request(lambda response: _finish_response(response, settings.allowed_origins))
+    app.register_error_handler(ApiError, _error_response)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _internal_error)
+    app.get("/health")(lambda: _health(engine))
+    vocab = Vocabulary(tokenizer, settings.chat_template_kwargs)
+    OpenAIRoutes(engine, vocab, settings, message_builder).register(app)
+    return app
+
+
+def _health(engine: Engine) -> Response:
+    health = engine.health()
+    if not health.ok:
+        raise ApiError(503, health.reason or "the engine is not ready", code="not_ready")
+    return jsonify({"status": "ok", "ranks": health.ranks})
+
+
+def _start_request() -> None:
+    g.request_id = uuid.uuid4().hex
+    g.started = time.monotonic()
+
+
+def _authenticate(api_keys: tuple[str, ...]) -> None:
+    """Every route but /health needs `Authorization: Bearer <key>` when keys are set."""
+    if not api_keys or request.method == "OPTIONS" or request.path in _OPEN_PATHS:
+        return
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    given = token.strip().encode()
+    # Compare with every key, in constant time, so timing reveals nothing about them.
+    matches = [hmac.compare_digest(given, key.encode()) for key in api_keys]
+    if scheme.lower() != "bearer" or not any(matches):
+        raise ApiError(
+            401,
+            "a valid API key is required: send 'Authorization: Bearer <key>'",
+            code="invalid_api_key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+def _finish_response(response: Response, allowed_origins: tuple[str, ...]) -> Response:
+    request_id = g.get("request_id", "")
+    response.headers["x-request-id"] = request_id
+    origin = request.headers.get("Origin")
+    if origin and ("*" in allowed_origins or origin in allowed_origins):
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
+        response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+        response.headers["Access-Control-Expose-Headers"] = "x-request-id"
+        response.headers["Access-Control-Max-Age"] = "600"
+        response.vary.add("Origin")
+    elapsed_ms = (time.monotonic() - g.get("started", time.monotonic())) * 1000
+    level = logging.DEBUG if request.path in _OPEN_PATHS else logging.INFO  # health polls
+    log.log(
+        level,
+        "%s %s %s %.1fms request %s",
+        request.method,
+        request.path[:200],
+        response.status_code,
+        elapsed_ms,
+        request_id,
+    )
+    return response
+
+
+def _error_response(error: ApiError) -> Response:
+    response = jsonify(error.body())
+    response.status_code = error.status
+    response.headers.update(error.headers)
+    return response
+
+
+def _http_error(error: HTTPException) -> Response:
+    """Werkzeug's own errors (routing, limits) as OpenAI error objects."""
+    status = error.code or 500
+    if isinstance(error, NotFound):
+        api_error = ApiError(404, f"no such path: {request.path[:200]}", code="not_found")
+    elif isinstance(error, MethodNotAllowed):
+        allowed = ", ".join(sorted(error.valid_methods or ()))
+        message = f"method {request.method} is not allowed on {request.path[:200]}"
+        api_error = ApiError(405, message, code="method_not_allowed", headers={"Allow": allowed})
+    else:
+        code = error.name.lower().replace(" ", "_")
+        api_error = ApiError(status, error.description or error.name, code=code)
+    return _error_response(api_error)
+
+
+def _internal_error(error: Exception) -> Response:
+    request_id = g.get("request_id", "")
+    log.error("request %s failed", request_id, exc_info=error)
+    message = f"internal error, request id {request_id}"
+    return _error_response(ApiError(500, message, code="internal_error"))

@@ -1,0 +1,90 @@
+"""Turn a validated API request and its prompt into the engine's GenerationRequest."""
+
+from __future__ import annotations
+
+import time
+
+from refserver.api.errors import ApiError, invalid_request
+from refserver.api.prompting import Prompt, Vocabulary
+from refserver.api.schemas import SamplingFields
+from refserver.api.settings import ApiSettings
+from refserver.engine.interface import GenerationRequest, SamplingParams
+
+
+def engine_request(
+    request_id: str,
+    body: SamplingFields,
+    prompt: Prompt,
+    prompt_param: str,
+    settings: ApiSettings,
+    vocab: Vocabulary,
+    top_logprobs: int | None,
+) -> GenerationRequest:
+    """The engine request; 400 when the limits or the vocabulary say no.
+
+    prompt_param names the request field of the prompt ("messages" or "prompt").
+    top_logprobs None means no logprobs were asked for.
+    """
+    max_tokens = completion_budget(body, len(prompt.token_ids), settings, prompt_param)
+    timeout = settings.request_timeout_seconds
+    return GenerationRequest(
+        id=request_id,
+        prompt_tokens=prompt.token_ids,
+        max_tokens=max_tokens,
+        sampling=sampling_params(body, settings, vocab, top_logprobs),
+        deadline=None if timeout is None else time.monotonic() + timeout,
+    )
+
+
+def completion_budget(
+    body: SamplingFields, prompt_tokens: int, settings: ApiSettings, prompt_param: str
+) -> int:
+    """max_tokens as asked, or the default bounded by the room left in the context."""
+    context = settings.context_length
+    room = context - prompt_tokens
+    if room < 1:
+        message = (
+            f"the prompt has {prompt_tokens} tokens, which leaves no room for a completion "
+            f"in this model's context of {context} tokens"
+        )
+        raise ApiError(400, message, param=prompt_param, code="context_length_exceeded")
+    asked = body.requested_max_tokens
+    if asked is None:
+        return min(settings.default_max_tokens, settings.max_tokens_cap, room)
+    param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+    if asked > settings.max_tokens_cap:
+        message = f"{param} is {asked}; this server allows at most {settings.max_tokens_cap}"
+        raise invalid_request(message, param)
+    if asked > room:
+        message = (
+            f"this model's context holds {context} tokens, but {prompt_tokens + asked} were "
+            f"requested ({prompt_tokens} in the prompt, {asked} for the completion); "
+            f"shorten the prompt or lower {param}"
+        )
+        raise ApiError(400, message, param=param, code="context_length_exceeded")
+    return asked
+
+
+def sampling_params(
+    body: SamplingFields, settings: ApiSettings, vocab: Vocabulary, top_logprobs: int | None
+) -> SamplingParams:
+    """Request values, or the server's defaults for temperature/top_p/top_k."""
+    bias = {int(token): value for token, value in (body.logit_bias or {}).items()}
+    vocab.check_token_ids(list(bias), "logit_bias")
+    return SamplingParams(
+        temperature=_given(body.temperature, settings.temperature),
+        top_p=_given(body.top_p, settings.top_p),
+        top_k=_given(body.top_k, settings.top_k),
+        min_p=_given(body.min_p, 0.0),
+        repetition_penalty=_given(body.repetition_penalty, 1.0),
+        presence_penalty=_given(body.presence_penalty, 0.0),
+        frequency_penalty=_given(body.frequency_penalty, 0.0),
+        logit_bias=bias,
+        seed=body.seed,
+        logprobs=top_logprobs is not None,
+        top_logprobs=top_logprobs or 0,
+    )
+
+
+def _given(value, default):
+    return default if value is None else value

@@ -1,0 +1,188 @@
+"""Run one engine request and turn its events into text pieces and an outcome.
+
+Both wire formats (chat, completions) and both modes (JSON, SSE) consume
+``generate``: it yields ``TextPiece`` (visible text plus the tokens behind it),
+``KeepAlive`` when nothing happened for a while, and one final ``Outcome``; it raises
+``GenerationFailed`` when the engine fails the request. Closing it cancels the request.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from refserver.api.detokenize import TextStream
+from refserver.engine.interface import (
+    Engine,
+    ErrorEvent,
+    Event,
+    Finished,
+    GenerationRequest,
+    TokenEvent,
+)
+
+log = logging.getLogger(__name__)
+
+# After a stop string, how long to wait for the engine to confirm the cancellation
+# (its Finished event carries the true cached-token count).
+_CANCEL_WAIT_SECONDS = 1.0
+# How often to ask the WSGI server whether the client is still connected.
+_CLIENT_CHECK_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class TextPiece:
+    text: str
+    tokens: tuple[TokenEvent, ...]
+
+
+@dataclass(frozen=True)
+class KeepAlive:
+    pass
+
+
+@dataclass(frozen=True)
+class Outcome:
+    finish_reason: str  # "stop" or "length"
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+
+
+class GenerationFailed(Exception):
+    """The engine could not finish the request; the message is safe to show a client."""
+
+    def __init__(self, message: str, code: str):
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+class EventPump:
+    """Read an engine event stream in a thread, so that the reader can wait with a timeout.
+
+    ``submit`` runs in the caller's thread, so QueueFullError and NotReadyError surface
+    before any response is sent. ``close`` cancels the request unless it has finished.
+    """
+
+    def __init__(self, engine: Engine, request: GenerationRequest):
+        self._engine = engine
+        self._request_id = request.id
+        self._events = engine.submit(request)
+        self._queue: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        self._closed = threading.Event()
+        self._cancelled = False
+        self._finished = False
+        self._thread = threading.Thread(target=self._run, name=f"events-{request.id}", daemon=True)
+        self._thread.start()
+
+    def next(self, timeout: float | None) -> Event | None:
+        """The next event, or None when none came within `timeout` seconds."""
+        try:
+            event = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        self._finished = isinstance(event, Finished | ErrorEvent)
+        return event
+
+    def cancel(self) -> None:
+        """Ask the engine to stop this request (once); its stream then ends."""
+        if not self._cancelled and not self._finished:
+            self._cancelled = True
+            self._engine.cancel(self._request_id)
+
+    def close(self) -> None:
+        """Cancel if still running and let the reading thread end. Idempotent."""
+        self.cancel()
+        self._closed.set()
+
+    def _run(self) -> None:
+        try:
+            for event in self._events:
+                self._queue.put(event)
+                if self._closed.is_set() or isinstance(event, Finished | ErrorEvent):
+                    break
+        except Exception:
+            log.exception("engine event stream of request %s failed", self._request_id)
+            self._queue.put(ErrorEvent("internal engine error"))
+        finally:
+            close = getattr(self._events, "close", None)
+            if close is not None:
+                close()
+
+
+def generate(
+    pump: EventPump,
+    text: TextStream,
+    prompt_tokens: int,
+    keepalive_seconds: float,
+    client_gone: Callable[[], bool] = lambda: False,
+) -> Iterator[TextPiece | KeepAlive | Outcome]:
+    """Drive one request to its end; see the module docstring.
+
+    client_gone: the WSGI server's disconnect check; a client that left cancels the request.
+    """
+    completion_tokens = 0
+    pending: list[TokenEvent] = []
+    last_output = time.monotonic()
+    try:
+        while True:
+            wait = max(0.0, keepalive_seconds - (time.monotonic() - last_output))
+            event = pump.next(timeout=min(wait, _CLIENT_CHECK_SECONDS))
+            if client_gone():
+                raise GenerationFailed("the client disconnected", "client_disconnected")
+            if time.monotonic() - last_output >= keepalive_seconds:
+                yield KeepAlive()
+                last_output = time.monotonic()
+            if event is None:
+                continue
+            if isinstance(event, ErrorEvent):
+                raise GenerationFailed(event.message, "engine_error")
+            if isinstance(event, Finished):
+                yield from _finish(event, text, pending)
+                return
+            if not isinstance(event, TokenEvent):
+                continue  # prefill progress: only keeps the keep-alive clock honest
+            completion_tokens += 1
+            if event.token_id not in text.skip_ids:
+                pending.append(event)
+            piece, stopped = text.add(event.token_id)
+            if piece or stopped:
+                yield TextPiece(piece, tuple(pending))
+                pending.clear()
+                last_output = time.monotonic()
+            if stopped:
+                yield _stop_early(pump, prompt_tokens, completion_tokens)
+                return
+    finally:
+        pump.close()
+
+
+def _finish(
+    event: Finished, text: TextStream, pending: list[TokenEvent]
+) -> Iterator[TextPiece | Outcome]:
+    if event.reason == "cancelled":
+        raise GenerationFailed("the generation was cancelled by the server", "cancelled")
+    piece, stopped = text.finish()
+    if piece or pending:
+        yield TextPiece(piece, tuple(pending))
+    reason = "stop" if stopped else event.reason
+    yield Outcome(reason, event.prompt_tokens, event.completion_tokens, event.cached_tokens)
+
+
+def _stop_early(pump: EventPump, prompt_tokens: int, completion_tokens: int) -> Outcome:
+    """A stop string ended the text: cancel, and take the cache count from the engine."""
+    pump.cancel()
+    deadline = time.monotonic() + _CANCEL_WAIT_SECONDS
+    cached = 0
+    while (remaining := deadline - time.monotonic()) > 0:
+        event = pump.next(timeout=remaining)
+        if isinstance(event, Finished):
+            cached = event.cached_tokens
+        if event is None or isinstance(event, Finished | ErrorEvent):
+            break
+    return Outcome("stop", prompt_tokens, completion_tokens, cached)

@@ -1,0 +1,44 @@
+"""Token log-probabilities in the two OpenAI shapes (chat and legacy completions)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from refserver.api.prompting import Vocabulary
+from refserver.engine.interface import TokenEvent
+
+
+def chat_logprobs(tokens: Sequence[TokenEvent], vocab: Vocabulary, top_n: int) -> list[dict]:
+    """Entries of choices[0].logprobs.content: token, logprob, bytes, top_logprobs."""
+    return [
+        {
+            **_chat_entry(vocab, event.token_id, event.logprob),
+            "top_logprobs": [_chat_entry(vocab, t, lp) for t, lp in event.top_logprobs[:top_n]],
+        }
+        for event in tokens
+    ]
+
+
+def completion_logprobs(
+    tokens: Sequence[TokenEvent], vocab: Vocabulary, top_n: int, text_offset: int
+) -> dict[str, list[Any]]:
+    """choices[0].logprobs of a text completion; text_offset is where these tokens start."""
+    texts = [vocab.token(event.token_id)[0] for event in tokens]
+    offsets = []
+    for text in texts:
+        offsets.append(text_offset)
+        text_offset += len(text)
+    return {
+        "tokens": texts,
+        "token_logprobs": [event.logprob for event in tokens],
+        "top_logprobs": [
+            {vocab.token(t)[0]: lp for t, lp in event.top_logprobs[:top_n]} for event in tokens
+        ],
+        "text_offset": offsets,
+    }
+
+
+def _chat_entry(vocab: Vocabulary, token_id: int, logprob: float | None) -> dict[str, Any]:
+    text, raw = vocab.token(token_id)
+    return {"token": text, "logprob": logprob, "bytes": list(raw)}

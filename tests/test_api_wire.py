@@ -1,0 +1,366 @@
+"""Wire shapes of the OpenAI routes against a fake engine (no model, no MLX)."""
+
+# ruff: noqa: F401, F811 (pytest fixtures imported from api_fakes)
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from api_fakes import (
+    MODEL,
+    FakeEngine,
+    byte_tokens,
+    client,
+    engine,
+    settings,
+    sse_events,
+    tokenizer,
+)
+
+from refserver.api import create_app
+from refserver.engine.interface import Health, NotReadyError, QueueFullError
+
+TEXT = "Hello! The answer is 42."
+USER = [{"role": "user", "content": "hi"}]
+CHAT = "/v1/chat/completions"
+COMPLETIONS = "/v1/completions"
+
+
+def _app(engine, tokenizer, **overrides):
+    return create_app(engine, tokenizer, settings(**overrides)).test_client()
+
+
+def _body(path, **fields):
+    base = {"messages": USER} if "chat" in path else {"prompt": "hi"}
+    return {**base, **fields}
+
+
+def _stream(client, path, **fields):
+    response = client.post(path, json=_body(path, stream=True, **fields))
+    assert response.status_code == 200
+    assert response.mimetype == "text/event-stream"
+    events = sse_events(response.get_data())
+    assert events[-1] == "[DONE]" and "[DONE]" not in events[:-1]
+    return events[:-1]
+
+
+def _no_nulls(value):
+    if isinstance(value, dict):
+        return all(v is not None and _no_nulls(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_no_nulls(v) for v in value)
+    return True
+
+
+def test_chat_completion_shape(client):
+    response = client.post(CHAT, json={"model": MODEL, "messages": USER})
+    body = response.get_json()
+    assert response.status_code == 200
+    assert body["id"] == f"chatcmpl-{response.headers['x-request-id']}"
+    assert body["object"] == "chat.completion"
+    assert isinstance(body["created"], int) and body["model"] == MODEL
+    [choice] = body["choices"]
+    assert choice["index"] == 0
+    assert choice["message"] == {"role": "assistant", "content": TEXT}
+    assert choice["finish_reason"] == "stop"
+    usage = body["usage"]
+    assert usage["prompt_tokens"] > 0
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    assert usage["prompt_tokens_details"] == {"cached_tokens": 0}
+
+
+def test_completion_shape(client):
+    response = client.post(COMPLETIONS, json={"model": MODEL, "prompt": "hi"})
+    body = response.get_json()
+    assert body["id"].startswith("cmpl-") and body["object"] == "text_completion"
+    assert body["choices"] == [
+        {"index": 0, "text": TEXT, "logprobs": None, "finish_reason": "stop"}
+    ]
+    assert body["usage"]["prompt_tokens"] == 2
+
+
+@pytest.mark.parametrize("include_usage", [True, False])
+def test_chat_stream_shape(client, include_usage):
+    chunks = _stream(client, CHAT, stream_options={"include_usage": include_usage})
+    assert len({(c["id"], c["created"], c["object"]) for c in chunks}) == 1
+    assert chunks[0]["object"] == "chat.completion.chunk"
+    deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+    assert deltas[0]["role"] == "assistant"
+    assert all("role" not in d for d in deltas[1:])
+    assert all(_no_nulls(d) for d in deltas)
+    assert "".join(d.get("content", "") for d in deltas) == TEXT
+    reasons = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]]
+    assert [r for r in reasons if r is not None] == ["stop"]
+    if include_usage:
+        assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] > 0
+    else:
+        assert all("usage" not in c for c in chunks)
+
+
+@pytest.mark.parametrize("include_usage", [True, False])
+def test_completion_stream_shape(client, include_usage):
+    chunks = _stream(client, COMPLETIONS, stream_options={"include_usage": include_usage})
+    assert len({(c["id"], c["created"]) for c in chunks}) == 1
+    choices = [c["choices"][0] for c in chunks if c["choices"]]
+    assert "".join(c["text"] for c in choices) == TEXT
+    assert [c["finish_reason"] for c in choices if c["finish_reason"]] == ["stop"]
+    assert ("usage" in chunks[-1]) is include_usage
+
+
+@pytest.mark.parametrize("path", [CHAT, COMPLETIONS])
+def test_max_tokens_gives_finish_reason_length(client, engine, path):
+    body = client.post(path, json=_body(path, max_tokens=3)).get_json()
+    assert body["choices"][0]["finish_reason"] == "length"
+    assert body["usage"]["completion_tokens"] == 3
+    assert engine.requests[-1].max_tokens == 3
+
+
+@pytest.mark.parametrize(
+    "fields, expected",
+    [
+        ({}, 256 - 2),  # no max_tokens: the room left in the context
+        ({"max_tokens": None}, 256 - 2),
+        ({"max_tokens": 7}, 7),
+        ({"max_completion_tokens": 9, "max_tokens": 7}, 9),
+    ],
+)
+def test_completion_budget(client, engine, fields, expected):
+    assert client.post(COMPLETIONS, json={"prompt": "hi", **fields}).status_code == 200
+    assert engine.requests[-1].max_tokens == expected
+
+
+def test_default_max_tokens_applies_when_room_is_larger(engine, tokenizer):
+    client = _app(engine, tokenizer, default_max_tokens=5)
+    client.post(COMPLETIONS, json={"prompt": "hi"})
+    assert engine.requests[-1].max_tokens == 5
+
+
+@pytest.mark.parametrize("split", ["bpe", "bytes"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_stop_string_across_tokens_is_cut(tokenizer, split, stream):
+    ids = tokenizer.encode(TEXT) if split == "bpe" else byte_tokens(tokenizer, TEXT)
+    engine = FakeEngine(ids)
+    client = _app(engine, tokenizer)
+    fields = {"stop": ["nothing", "answer"], "stream": stream}
+    response = client.post(CHAT, json={"messages": USER, **fields})
+    if stream:
+        chunks = sse_events(response.get_data())[:-1]
+        content = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+        reason = chunks[-1]["choices"][0]["finish_reason"]
+    else:
+        choice = response.get_json()["choices"][0]
+        content, reason = choice["message"]["content"], choice["finish_reason"]
+    assert (content, reason) == ("Hello! The ", "stop")
+    assert engine.cancelled == [engine.requests[0].id]
+
+
+def test_chat_logprobs_shape(client, engine):
+    body = client.post(CHAT, json={"messages": USER, "logprobs": True, "top_logprobs": 3})
+    content = body.get_json()["choices"][0]["logprobs"]["content"]
+    assert len(content) == len(engine.tokens)
+    for entry in content:
+        assert set(entry) == {"token", "logprob", "bytes", "top_logprobs"}
+        assert bytes(entry["bytes"]).decode() == entry["token"]
+        assert len(entry["top_logprobs"]) == 3
+        assert set(entry["top_logprobs"][0]) == {"token", "logprob", "bytes"}
+    assert engine.requests[-1].sampling.logprobs
+    assert engine.requests[-1].sampling.top_logprobs == 3
+
+
+def test_chat_logprobs_in_stream_cover_every_token(client, engine):
+    chunks = _stream(client, CHAT, logprobs=True)
+    entries = [e for c in chunks if c["choices"] for e in c["choices"][0].get("logprobs", {})
+               .get("content", [])]  # fmt: skip
+    assert "".join(e["token"] for e in entries) == TEXT
+    assert all(e["top_logprobs"] == [] for e in entries)
+
+
+def test_logprobs_of_a_split_character_carry_its_bytes(tokenizer):
+    engine = FakeEngine(byte_tokens(tokenizer, "é"))
+    client = _app(engine, tokenizer)
+    body = client.post(CHAT, json={"messages": USER, "logprobs": True}).get_json()
+    entries = body["choices"][0]["logprobs"]["content"]
+    assert bytes(b for e in entries for b in e["bytes"]) == "é".encode()
+
+
+def test_completion_logprobs_shape(client):
+    body = client.post(COMPLETIONS, json={"prompt": "hi", "logprobs": 2}).get_json()
+    choice = body["choices"][0]
+    logprobs = choice["logprobs"]
+    size = len(logprobs["tokens"])
+    assert [len(logprobs[k]) for k in ("token_logprobs", "top_logprobs", "text_offset")] == [
+        size
+    ] * 3
+    assert "".join(logprobs["tokens"]) == choice["text"]
+    assert logprobs["text_offset"][0] == 0
+    assert all(len(top) <= 2 for top in logprobs["top_logprobs"])
+
+
+def test_completion_logprobs_in_stream_continue_offsets(client):
+    chunks = _stream(client, COMPLETIONS, logprobs=0)
+    offsets = [o for c in chunks if c["choices"] and c["choices"][0]["logprobs"]
+               for o in c["choices"][0]["logprobs"]["text_offset"]]  # fmt: skip
+    assert offsets == sorted(offsets) and offsets[0] == 0 and len(set(offsets)) == len(offsets)
+
+
+def test_sampling_defaults_and_overrides(engine, tokenizer):
+    client = _app(engine, tokenizer, temperature=0.7, top_p=0.9, top_k=40)
+    client.post(CHAT, json={"messages": USER})
+    sampling = engine.requests[-1].sampling
+    assert (sampling.temperature, sampling.top_p, sampling.top_k) == (0.7, 0.9, 40)
+    assert sampling.repetition_penalty == 1.0
+    fields = {"temperature": 0, "top_p": 0.5, "top_k": 0, "min_p": 0.1, "seed": 7}
+    fields |= {"repetition_penalty": 1.1, "presence_penalty": -1, "frequency_penalty": 2}
+    fields |= {"logit_bias": {"5": -100, "7": 2.5}}
+    client.post(CHAT, json={"messages": USER, **fields})
+    sampling = engine.requests[-1].sampling
+    assert (sampling.temperature, sampling.top_p, sampling.top_k, sampling.min_p) == (
+        0,
+        0.5,
+        0,
+        0.1,
+    )
+    assert (sampling.repetition_penalty, sampling.presence_penalty) == (1.1, -1)
+    assert (sampling.frequency_penalty, sampling.seed) == (2, 7)
+    assert sampling.logit_bias == {5: -100, 7: 2.5}
+
+
+def _prompt_text(engine, tokenizer):
+    return tokenizer.decode(engine.requests[-1].prompt_tokens)
+
+
+@pytest.mark.parametrize(
+    "defaults, request_kwargs, expect_no_think",
+    [
+        ({}, None, False),
+        ({}, {"enable_thinking": False}, True),
+        ({"enable_thinking": False}, None, True),
+        ({"enable_thinking": False}, {"enable_thinking": True}, False),
+    ],
+)
+def test_chat_template_kwargs(engine, tokenizer, defaults, request_kwargs, expect_no_think):
+    client = _app(engine, tokenizer, chat_template_kwargs=defaults)
+    client.post(CHAT, json={"messages": USER, "chat_template_kwargs": request_kwargs})
+    assert ("no-think" in _prompt_text(engine, tokenizer)) is expect_no_think
+
+
+def test_messages_and_tools_reach_the_template(client, engine, tokenizer):
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {}}}
+    messages = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function",
+             "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+    ]  # fmt: skip
+    body = {"messages": messages, "tools": [tool], "tool_choice": "auto"}
+    assert client.post(CHAT, json=body).status_code == 200
+    prompt = _prompt_text(engine, tokenizer)
+    assert prompt.startswith('<|system|>tools: [{"type": "function"')
+    assert "get_weather" in prompt
+    assert "<|system|>be brief<|end|><|user|>ab<|end|><|assistant|><|end|><|tool|>sunny" in prompt
+    assert prompt.endswith("<|assistant|>")
+
+
+@pytest.mark.parametrize("model", [MODEL, "tiny", "default_model", None])
+def test_served_model_names(client, model):
+    assert client.post(CHAT, json={"model": model, "messages": USER}).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/v1/models", "/models"])
+def test_models(client, path):
+    body = client.get(path).get_json()
+    assert body["object"] == "list"
+    assert [m["id"] for m in body["data"]] == [MODEL]
+    assert body["data"][0]["object"] == "model"
+
+
+@pytest.mark.parametrize("path", ["/chat/completions", "/completions"])
+def test_unprefixed_routes(client, path):
+    assert client.post(path, json=_body(path)).status_code == 200
+
+
+def test_health(client, engine):
+    response = client.get("/health")
+    assert response.status_code == 200 and response.get_json()["status"] == "ok"
+    engine.health_state = Health(ok=False, reason="rank 1 is loading")
+    response = client.get("/health")
+    assert response.status_code == 503
+    assert response.get_json()["error"]["message"] == "rank 1 is loading"
+
+
+def test_cached_tokens_come_from_the_engine(tokenizer):
+    engine = FakeEngine(tokenizer.encode(TEXT), cached_tokens=3)
+    body = _app(engine, tokenizer).post(CHAT, json={"messages": USER}).get_json()
+    assert body["usage"]["prompt_tokens_details"] == {"cached_tokens": 3}
+
+
+def test_keepalive_comments_while_waiting_for_the_first_token(tokenizer):
+    gate = threading.Event()
+    engine = FakeEngine(tokenizer.encode(TEXT), gate=gate)
+    client = _app(engine, tokenizer, keepalive_seconds=0.05)
+    threading.Timer(0.4, gate.set).start()
+    response = client.post(CHAT, json={"messages": USER, "stream": True})
+    raw = response.get_data()
+    assert raw.count(b": keep-alive\n\n") >= 3
+    events = sse_events(raw)
+    assert "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-1]) == TEXT
+
+
+@pytest.mark.parametrize("path", [CHAT, COMPLETIONS])
+def test_engine_failure_mid_stream_sends_error_then_done(tokenizer, path):
+    engine = FakeEngine(tokenizer.encode(TEXT), fail_after=2)
+    events = sse_events(_app(engine, tokenizer).post(path, json=_body(path, stream=True)).data)
+    assert events[-1] == "[DONE]"
+    error = events[-2]["error"]
+    assert error["message"] == "rank 1 was lost" and error["type"] == "server_error"
+    assert all("error" not in e for e in events[:-2])
+
+
+@pytest.mark.parametrize("path", [CHAT, COMPLETIONS])
+def test_engine_failure_without_stream_is_503(tokenizer, path):
+    engine = FakeEngine(tokenizer.encode(TEXT), fail_after=2)
+    response = _app(engine, tokenizer).post(path, json=_body(path))
+    assert response.status_code == 503
+    assert response.get_json()["error"]["code"] == "engine_error"
+
+
+@pytest.mark.parametrize(
+    "error, status, code",
+    [
+        (
+            QueueFullError("the queue is full (64 waiting)", retry_after_seconds=3),
+            429,
+            "queue_full",
+        ),
+        (NotReadyError("rank 1 is still loading"), 503, "not_ready"),
+    ],
+)
+@pytest.mark.parametrize("stream", [False, True])
+def test_engine_refusals(client, engine, error, status, code, stream):
+    engine.submit_error = error
+    response = client.post(CHAT, json={"messages": USER, "stream": stream})
+    assert response.status_code == status
+    assert response.get_json()["error"]["code"] == code
+    assert response.get_json()["error"]["message"] == str(error)
+    if status == 429:
+        assert response.headers["Retry-After"] == "3"
+    engine.submit_error = None
+    assert client.post(CHAT, json={"messages": USER}).status_code == 200
+
+
+def test_unexpected_exception_is_500_with_request_id_only(client, engine, caplog):
+    engine.submit_error = RuntimeError("secret internal detail")
+    response = client.post(CHAT, json={"messages": USER})
+    request_id = response.headers["x-request-id"]
+    assert response.status_code == 500
+    assert response.get_json()["error"] == {
+        "message": f"internal error, request id {request_id}",
+        "type": "server_error",
+        "param": None,
+        "code": "internal_error",
+    }
+    assert "secret" not in response.get_data(as_text=True)
+    assert any(request_id in r.getMessage() and r.exc_info for r in caplog.records)
