@@ -1,0 +1,150 @@
+"""Serve the app with waitress: threaded (one process shares the engine) and streaming.
+
+waitress sends each write at once (``send_bytes`` is 1 by default since 3.0), so SSE
+chunks reach the client as they are made. It reads request bodies asynchronously in
+its main loop: a client that sends half a body and stalls holds no worker thread, and
+is dropped after ``channel_timeout`` seconds.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import socket
+import uuid
+from typing import Any
+
+from flask import Flask
+from waitress import create_server, wasyncore
+from waitress.channel import HTTPChannel
+from waitress.server import BaseWSGIServer, MultiSocketServer
+from waitress.task import ErrorTask
+
+from refserver.api.errors import error_body
+from refserver.api.settings import ApiSettings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_THREADS = 64
+
+
+class PortUnavailableError(RuntimeError):
+    """The address cannot be listened on (port in use, unknown host, no permission)."""
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Bind the address and let it go, so that a busy port fails before the model loads."""
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise PortUnavailableError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as waitress does
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                raise PortUnavailableError(
+                    f"cannot listen on {host}:{port}: {exc.strerror}; is another server "
+                    "running there? Stop it or choose another --port"
+                ) from None
+
+
+def is_loopback(host: str) -> bool:
+    """True when every address `host` resolves to is a loopback address."""
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos)
+
+
+def warn_if_exposed(host: str, api_keys: tuple[str, ...]) -> None:
+    """Log a warning when a non-loopback address is served without an API key."""
+    if not api_keys and not is_loopback(host):
+        log.warning(
+            "serving on %s without an API key: anyone who can reach this address can use "
+            "the model; set --api-key (or REFSERVER_API_KEY), or bind to 127.0.0.1",
+            host,
+        )
+
+
+def make_server(
+    app: Flask,
+    host: str,
+    port: int,
+    threads: int = DEFAULT_THREADS,
+    *,
+    channel_timeout: int = 60,
+    cleanup_interval: int = 10,
+) -> Any:
+    """A waitress server for `app` (not started: call .run(), stop with .close()).
+
+    ``effective_port`` on the result is the port bound (useful with port 0).
+    """
+    settings: ApiSettings = app.extensions["refserver"]
+    server = create_server(
+        app,
+        host=host,
+        port=port,
+        threads=threads,
+        connection_limit=max(100, 4 * threads),
+        channel_timeout=channel_timeout,
+        cleanup_interval=cleanup_interval,
+        # Keep reading while a request runs, so that a client that hangs up is noticed
+        # (environ["waitress.client_disconnected"]) and its generation cancelled.
+        channel_request_lookahead=1,
+        max_request_body_size=settings.max_body_bytes,
+        asyncore_use_poll=True,  # select() cannot watch file descriptors above 1024
+        ident="refserver",
+        expose_tracebacks=False,
+    )
+    for listener in _listeners(server):
+        listener.channel_class = _JsonErrorChannel
+    return server
+
+
+def shutdown(server: Any) -> None:
+    """Stop a server made by make_server: close its sockets, stop its worker threads."""
+    server.task_dispatcher.shutdown(timeout=1)
+    for listener in _listeners(server):
+        wasyncore.close_all(listener._map)
+
+
+def serve(app: Flask, host: str, port: int, threads: int = DEFAULT_THREADS) -> None:
+    """Serve until interrupted."""
+    warn_if_exposed(host, app.extensions["refserver"].api_keys)
+    server = make_server(app, host, port, threads)
+    log.info("serving the OpenAI API on http://%s:%s/v1 with %d threads", host, port, threads)
+    try:
+        server.run()
+    finally:
+        shutdown(server)
+
+
+def _listeners(server: Any) -> list[BaseWSGIServer]:
+    """The listening sockets: one, or several when a host name resolves to several."""
+    if isinstance(server, MultiSocketServer):
+        return [obj for obj in server.map.values() if isinstance(obj, BaseWSGIServer)]
+    return [server]
+
+
+class _JsonErrorTask(ErrorTask):
+    """waitress's own rejections (bad Content-Length, body too large...) as error objects."""
+
+    def execute(self) -> None:
+        error = self.request.error
+        code = error.reason.lower().replace(" ", "_")
+        message = f"{error.reason}: {error.body}"
+        body = json.dumps(error_body(error.code, message, code=code)).encode()
+        self.status = f"{error.code} {error.reason}"
+        self.response_headers.append(("Content-Type", "application/json"))
+        self.response_headers.append(("x-request-id", uuid.uuid4().hex))
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
+
+
+class _JsonErrorChannel(HTTPChannel):
+    error_task_class = _JsonErrorTask

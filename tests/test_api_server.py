@@ -1,0 +1,263 @@
+"""The app behind the real WSGI server (waitress) on a free port: streaming, clients
+that leave or stall, server-level errors, and the official openai SDK as the client."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import openai
+import pytest
+from api_fakes import FakeEngine, build_tokenizer, settings
+
+from refserver.api import create_app
+from refserver.api.server import PortUnavailableError, check_port_free, make_server, shutdown
+
+TOKENIZER = build_tokenizer()
+TEXT = "Hello! The answer is 42."
+USER = [{"role": "user", "content": "hi"}]
+CHAT_BODY = json.dumps({"messages": USER, "stream": True}).encode()
+
+
+@pytest.fixture
+def serve():
+    """serve(engine, **settings) -> port of a waitress server running the app."""
+    servers = []
+
+    def start(engine, channel_timeout=60, cleanup_interval=10, **overrides):
+        app = create_app(engine, TOKENIZER, settings(**overrides))
+        server = make_server(
+            app, "127.0.0.1", 0, threads=8,
+            channel_timeout=channel_timeout, cleanup_interval=cleanup_interval,
+        )  # fmt: skip
+        threading.Thread(target=server.run, daemon=True).start()
+        servers.append(server)
+        return server.effective_port
+
+    yield start
+    for server in servers:
+        shutdown(server)
+
+
+def _engine(**kwargs):
+    return FakeEngine(TOKENIZER.encode(TEXT), eos_id=TOKENIZER.eos_token_id, **kwargs)
+
+
+def _post(port, body: bytes, path="/v1/chat/completions", headers=None):
+    """Send a POST by hand; returns the open socket."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    headers = {"Content-Length": str(len(body))} if headers is None else headers
+    for name, value in headers.items():
+        head += f"{name}: {value}\r\n"
+    sock.sendall(head.encode() + b"\r\n" + body)
+    return sock
+
+
+def _read_until(sock, marker: bytes, limit=10.0) -> bytes:
+    data = b""
+    deadline = time.monotonic() + limit
+    while marker not in data and time.monotonic() < deadline:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _response(sock) -> tuple[int, dict]:
+    """Status and JSON body of a response with Content-Length, then close."""
+    data = _read_until(sock, b"\r\n\r\n")
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length")))  # fmt: skip
+    while len(body) < length:
+        body += sock.recv(65536)
+    sock.close()
+    return int(head.split()[1]), json.loads(body)
+
+
+def _wait_for(condition, limit=5.0):
+    deadline = time.monotonic() + limit
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return condition()
+
+
+def _sdk(port, key="none"):
+    return openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
+
+
+def test_headers_and_first_chunk_arrive_before_the_first_token(serve):
+    gate = threading.Event()
+    port = serve(_engine(gate=gate))
+    sock = _post(port, CHAT_BODY)
+    data = _read_until(sock, b'"role":"assistant"', limit=3)
+    assert not gate.is_set()
+    assert data.startswith(b"HTTP/1.1 200") and b"text/event-stream" in data
+    assert b'"role":"assistant"' in data
+    gate.set()
+    assert b"data: [DONE]" in _read_until(sock, b"data: [DONE]")
+    sock.close()
+
+
+def test_tokens_stream_as_they_are_made(serve):
+    port = serve(_engine(delay=0.15))
+    started = time.monotonic()
+    sock = _post(port, CHAT_BODY)
+    _read_until(sock, b'"content":"Hello"')
+    first = time.monotonic() - started
+    _read_until(sock, b"data: [DONE]")
+    total = time.monotonic() - started
+    sock.close()
+    assert first < 0.6 and total > 1.1  # 8 tokens at 0.15 s each
+
+
+def test_keepalive_reaches_the_client_during_a_long_wait(serve):
+    gate = threading.Event()
+    port = serve(_engine(gate=gate), keepalive_seconds=0.2)
+    sock = _post(port, CHAT_BODY)
+    assert b": keep-alive" in _read_until(sock, b": keep-alive", limit=3)
+    gate.set()
+    sock.close()
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_client_disconnect_cancels_the_engine_request(serve, stream):
+    engine = FakeEngine(TOKENIZER.encode(TEXT) * 50, delay=0.05)
+    port = serve(engine)
+    sock = _post(port, json.dumps({"messages": USER, "stream": stream}).encode())
+    if stream:
+        _read_until(sock, b'"content":"Hello"')
+    else:
+        assert _wait_for(lambda: engine.requests)
+    sock.close()
+    assert _wait_for(lambda: engine.requests[0].id in engine.cancelled)
+    assert _wait_for(lambda: engine.requests[0].id in engine.closed)
+    assert engine.finished == []
+    assert _sdk(port).chat.completions.create(model="tiny", messages=USER, max_tokens=8)
+
+
+def test_a_stalled_half_body_does_not_block_others(serve):
+    port = serve(_engine(), channel_timeout=1, cleanup_interval=1)
+    stalled = [
+        _post(port, b'{"messages": [', headers={"Content-Length": "1000"}) for _ in range(20)
+    ]  # more stalled clients than worker threads
+    started = time.monotonic()
+    reply = _sdk(port).chat.completions.create(model="tiny", messages=USER)
+    assert reply.choices[0].message.content == TEXT
+    assert time.monotonic() - started < 2
+    stalled[0].settimeout(10)
+    assert stalled[0].recv(100) == b""  # dropped after channel_timeout
+    for sock in stalled:
+        sock.close()
+
+
+@pytest.mark.parametrize(
+    "headers, body, status, code",
+    [
+        ({"Content-Length": "abc"}, b"{}", 400, "bad_request"),
+        ({"Content-Length": "52428800"}, b"{", 413, "request_entity_too_large"),
+        ({}, CHAT_BODY, 411, "length_required"),
+        ({"Content-Length": "0"}, b"", 400, "invalid_json"),
+    ],
+)
+def test_server_level_errors_are_error_objects(serve, headers, body, status, code):
+    port = serve(_engine(), max_body_bytes=1_000_000)
+    got_status, payload = _response(_post(port, body, headers=headers))
+    assert (got_status, payload["error"]["code"]) == (status, code)
+    assert set(payload["error"]) == {"message", "type", "param", "code"}
+    reply = _sdk(port).chat.completions.create(model="tiny", messages=USER)
+    assert reply.choices[0].message.content == TEXT
+
+
+def test_chunked_request_body_is_accepted(serve):
+    port = serve(_engine())
+    body = json.dumps({"messages": USER}).encode()
+    chunked = f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
+    status, payload = _response(_post(port, chunked, headers={"Transfer-Encoding": "chunked"}))
+    assert status == 200 and payload["choices"][0]["message"]["content"] == TEXT
+
+
+def test_openai_sdk_chat(serve):
+    port = serve(_engine(), api_keys=("sekret",))
+    reply = _sdk(port, "sekret").chat.completions.create(
+        model="tiny-test-model", messages=USER, max_tokens=50
+    )
+    assert reply.choices[0].message.content == TEXT
+    assert reply.choices[0].finish_reason == "stop"
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
+    assert reply.usage.prompt_tokens_details.cached_tokens == 0
+    with pytest.raises(openai.AuthenticationError):
+        _sdk(port, "wrong").chat.completions.create(model="tiny", messages=USER)
+
+
+def test_openai_sdk_stream_with_usage(serve):
+    port = serve(_engine())
+    stream = _sdk(port).chat.completions.create(
+        model="tiny", messages=USER, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(stream)
+    content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert content == TEXT
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
+
+
+def test_openai_sdk_stream_accumulator(serve):
+    port = serve(_engine())
+    with _sdk(port).chat.completions.stream(model="tiny", messages=USER) as stream:
+        for _ in stream:
+            pass
+        final = stream.get_final_completion()
+    assert final.choices[0].message.content == TEXT
+    assert final.choices[0].message.role == "assistant"
+
+
+def test_openai_sdk_completions_and_errors(serve):
+    port = serve(_engine())
+    reply = _sdk(port).completions.create(model="tiny", prompt="hi", max_tokens=3)
+    assert reply.choices[0].text == "Hello! The" and reply.choices[0].finish_reason == "length"
+    streamed = _sdk(port).completions.create(model="tiny", prompt="hi", stream=True)
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == TEXT
+    with pytest.raises(openai.BadRequestError) as caught:
+        _sdk(port).chat.completions.create(model="tiny", messages=USER, n=2)
+    assert caught.value.body["param"] == "n"
+    with pytest.raises(openai.NotFoundError):
+        _sdk(port).chat.completions.create(model="gpt-4", messages=USER)
+
+
+def test_concurrent_streams_all_complete(serve):
+    port = serve(_engine(delay=0.01))
+
+    def one(_):
+        stream = _sdk(port).chat.completions.create(model="tiny", messages=USER, stream=True)
+        return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+
+    with ThreadPoolExecutor(6) as pool:
+        assert list(pool.map(one, range(12))) == [TEXT] * 12
+
+
+def test_health_through_the_server(serve):
+    port = serve(_engine())
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    connection.request("GET", "/health")
+    response = connection.getresponse()
+    assert response.status == 200 and json.loads(response.read())["status"] == "ok"
+    assert response.getheader("x-request-id")
+
+
+def test_port_check():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(PortUnavailableError, match=f"127.0.0.1:{port}.*--port"):
+            check_port_free("127.0.0.1", port)
+    check_port_free("127.0.0.1", port)
+    with pytest.raises(PortUnavailableError):
+        check_port_free("no-such-host.invalid", 8080)
