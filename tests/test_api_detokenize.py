@@ -6,6 +6,7 @@ import pytest
 from api_fakes import build_tokenizer, byte_tokens
 
 from refserver.api.detokenize import IncrementalDecoder, StopMatcher, TextStream
+from refserver.api.prompting import _eos_token_ids
 
 TOKENIZER = build_tokenizer()
 
@@ -106,3 +107,18 @@ def test_stop_string_found_at_finish_is_cut():
     out = "".join(text.add(t)[0] for t in ids)
     assert out == "is "
     assert text.finish() == ("4", False)
+
+
+class _TokenizerStub:
+    eos_token_id = 0
+
+    def __init__(self, eos_token_ids):
+        self.eos_token_ids = eos_token_ids
+
+
+@pytest.mark.parametrize(
+    "given, expected",
+    [(5, {0, 5}), ({5, 6}, {0, 5, 6}), (None, {0})],  # transformers 5 may give an int
+)
+def test_eos_token_ids_from_an_int_or_a_set(given, expected):
+    assert _eos_token_ids(_TokenizerStub(given)) == expected

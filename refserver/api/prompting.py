@@ -102,7 +102,9 @@ class Vocabulary:
 
 
 def _eos_token_ids(tokenizer: Any) -> frozenset[int]:
-    ids = set(getattr(tokenizer, "eos_token_ids", None) or ())
+    # transformers 5 tokenizers may hold an int here, mlx_lm's wrapper a set.
+    given = getattr(tokenizer, "eos_token_ids", None)
+    ids = {given} if isinstance(given, int) else set(given or ())
     if getattr(tokenizer, "eos_token_id", None) is not None:
         ids.add(tokenizer.eos_token_id)
     return frozenset(ids)

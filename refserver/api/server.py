@@ -95,7 +95,7 @@ def make_server(
         # Keep reading while a request runs, so that a client that hangs up is noticed
         # (environ["waitress.client_disconnected"]) and its generation cancelled.
         channel_request_lookahead=1,
-        max_request_body_size=settings.max_body_bytes,
+        max_request_body_size=settings.max_body_bytes + 1,  # waitress refuses size >= limit
         asyncore_use_poll=True,  # select() cannot watch file descriptors above 1024
         ident="refserver",
         expose_tracebacks=False,
