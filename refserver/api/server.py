@@ -79,11 +79,14 @@ def make_server(
     channel_timeout: int = 60,
     cleanup_interval: int = 10,
 ) -> Any:
-    """A waitress server for `app` (not started: call .run(), stop with .close()).
+    """A waitress server for `app` (not started: call .run(), stop with shutdown()).
+
+    Warns when `host` is not a loopback address and the app has no API key.
 
     ``effective_port`` on the result is the port bound (useful with port 0).
     """
     settings: ApiSettings = app.extensions["refserver"]
+    warn_if_exposed(host, settings.api_keys)
     server = create_server(
         app,
         host=host,
@@ -114,7 +117,6 @@ def shutdown(server: Any) -> None:
 
 def serve(app: Flask, host: str, port: int, threads: int = DEFAULT_THREADS) -> None:
     """Serve until interrupted."""
-    warn_if_exposed(host, app.extensions["refserver"].api_keys)
     server = make_server(app, host, port, threads)
     log.info("serving the OpenAI API on http://%s:%s/v1 with %d threads", host, port, threads)
     try:
