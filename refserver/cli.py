@@ -49,6 +49,7 @@ def make_config(args) -> ServerConfig:
         connect_timeout=args.connect_timeout,
         heartbeat_timeout=args.heartbeat_timeout,
         step_timeout=args.step_timeout,
+        drain_grace=args.drain_seconds + 10,
     )
     origins = tuple(o.strip() for o in args.allowed_origins.split(",") if o.strip())
     return ServerConfig(

@@ -35,6 +35,8 @@ class ClusterConfig:
     heartbeat_timeout: float = 10.0
     step_timeout: float = 120.0
     load_timeout: float = 1800.0
+    # How long a rank told to stop waits for rank 0's drain before exiting anyway.
+    drain_grace: float = 40.0
 
     def __post_init__(self):
         if self.world_size > 1 and not 0 <= self.rank < self.world_size:

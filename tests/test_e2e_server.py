@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import threading
 
-import httpx
 import openai
 import pytest
 
@@ -148,10 +149,18 @@ def test_disconnect_mid_stream_then_normal_request(server, client, tiny_model, t
         "temperature": 0,
         "stream": True,
     }
-    with httpx.stream("POST", f"{server.base_url}/chat/completions", json=body, timeout=60) as r:
-        for index, _line in enumerate(r.iter_lines()):
-            if index > 6:
-                break  # leaving the block closes the connection mid-stream
+    payload = json.dumps(body).encode()
+    with socket.create_connection((server.host, server.port), timeout=60) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+            + f"\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
+            + payload
+        )
+        received = b""
+        while received.count(b"data: ") < 6:
+            received += sock.recv(4096)
+        assert received.startswith(b"HTTP/1.1 200")
+    # The socket is closed mid-stream here.
     response = ask(client, PROMPTS[2])
     prompt = chat_prompt(tokenizer, PROMPTS[2])
     assert response.choices[0].message.content == expected_text(tiny_model, tokenizer, prompt, 48)

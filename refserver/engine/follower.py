@@ -8,6 +8,7 @@ op cannot be cancelled.
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 
 from ..cluster import Cluster
@@ -37,6 +38,14 @@ def run_follower(cluster: Cluster) -> int:
         log.error("%s; exiting", reason)
         exit_soon(1, 0.0)
 
+    # SIGTERM reaches every rank at once (mlx.launch, a supervisor): rank 0 drains
+    # and then tells us to stop; exit on our own only if it never does.
+    def on_term(signum, _frame):
+        log.info("received %s: waiting for rank 0 to drain", signal.Signals(signum).name)
+        exit_soon(0, config.drain_grace)
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
     stop_beats = threading.Event()
     send_heartbeats([leader], config.heartbeat_interval, stop_beats, on_error=lost)
     watchdog = StepWatchdog(config.step_timeout, lost)
