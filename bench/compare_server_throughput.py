@@ -32,7 +32,10 @@ PROMPT = "Write a short story about a lighthouse keeper who finds a map."
 
 
 def stream_decode_rate(address, tokens: int, eos_id: int) -> tuple[int, float, float]:
-    """(completion tokens, seconds from first to last content chunk, seconds in all)."""
+    """(completion tokens, seconds from the first to the last chunk with text, seconds in all).
+
+    Like the baseline's clock, the decode clock starts at the first generated token.
+    """
     body = {
         "model": "default_model",
         "messages": [{"role": "user", "content": PROMPT}],
@@ -53,7 +56,8 @@ def stream_decode_rate(address, tokens: int, eos_id: int) -> tuple[int, float, f
             chunk = json.loads(line[6:])
             if chunk.get("usage"):
                 completion = chunk["usage"]["completion_tokens"]
-            if chunk.get("choices"):
+            # The first chunk (the role) goes out before the prompt is processed.
+            if chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
                 now = time.perf_counter()
                 first = first or now
                 last = now

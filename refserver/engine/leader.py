@@ -12,6 +12,8 @@ import time
 from collections import deque
 from collections.abc import Iterator
 
+import mlx.core as mx
+
 from ..cluster import Cluster
 from ..control import ControlError
 from .executor import StageExecutor
@@ -189,6 +191,7 @@ class PipelineEngine:
                 channel.send(message)
             self.inflight.append(item)
         if not self.inflight:
+            self.scheduler.flush()
             with self._wake:
                 if not self._inbox:
                     self._wake.wait(timeout=0.5 if self.scheduler.active else None)
@@ -196,7 +199,12 @@ class PipelineEngine:
         item = self.inflight.popleft()
         self.watchdog.begin()
         logits = self.executor.run(item)
-        self.scheduler.on_result(item, logits)
+        sampling = self.scheduler.start_sampling(item, logits)
+        if sampling is None and logits is not None:
+            mx.eval(logits)  # unsampled (cancelled), but its ring receive must happen
+        # The HTTP threads take the last step's tokens while this step computes.
+        self.scheduler.flush()
+        self.scheduler.on_result(item, sampling)
         self.watchdog.end()
 
     def _take_inbox(self) -> bool:

@@ -71,9 +71,7 @@ def send_heartbeats(
     threading.Thread(target=beat, name="heartbeats", daemon=True).start()
 
 
-def watch_peer(
-    rank: int, channel: Channel, timeout: float, on_lost: Callable[[str], None]
-) -> None:
+def watch_peer(rank: int, channel: Channel, timeout: float, on_lost: Callable[[str], None]) -> None:
     """Start a thread that reads a peer's heartbeats; silence or EOF means it is lost."""
 
     def read():

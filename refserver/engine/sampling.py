@@ -60,29 +60,41 @@ class SequenceSampler:
             self.history.append(token)
 
 
-def sample_rows(logits: mx.array, samplers: list[SequenceSampler]) -> list[TokenEvent]:
-    """Sample one token per row of `logits` (rows, vocab); evaluates once for the batch."""
+class Draw:
+    """One token per row, being computed: started by `draw`, read by `events`."""
+
+    def __init__(self, tokens: mx.array, row_logprobs: list, samplers: list[SequenceSampler]):
+        self.tokens = tokens
+        self.row_logprobs = row_logprobs
+        self.samplers = samplers
+        self.wanted = [i for i, s in enumerate(samplers) if s.params.logprobs]
+        mx.async_eval(tokens, [row_logprobs[i] for i in self.wanted])
+
+    def events(self) -> list[TokenEvent]:
+        """Wait for the tokens; one TokenEvent per row."""
+        token_ids = self.tokens.tolist()
+        events = []
+        for i, (sampler, token) in enumerate(zip(self.samplers, token_ids, strict=True)):
+            sampler.record(token)
+            if i in self.wanted:
+                top = sampler.params.top_logprobs
+                events.append(_with_logprobs(token, self.row_logprobs[i][0], top))
+            else:
+                events.append(TokenEvent(token))
+        return events
+
+
+def draw(logits: mx.array, samplers: list[SequenceSampler]) -> Draw:
+    """Start sampling one token per row of `logits` (rows, vocab), for the whole batch."""
     logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
     if all(s.is_plain_greedy for s in samplers):
         tokens = mx.argmax(logprobs, axis=-1)
         row_logprobs = [logprobs[i : i + 1] for i in range(len(samplers))]
     else:
-        chosen = [
-            s.choose(logprobs[i : i + 1], logits[i : i + 1]) for i, s in enumerate(samplers)
-        ]
+        chosen = [s.choose(logprobs[i : i + 1], logits[i : i + 1]) for i, s in enumerate(samplers)]
         tokens = mx.concatenate([token.reshape(1) for token, _ in chosen])
         row_logprobs = [row for _, row in chosen]
-    wanted = [i for i, s in enumerate(samplers) if s.params.logprobs]
-    mx.eval(tokens, [row_logprobs[i] for i in wanted])
-    token_ids = tokens.tolist()
-    events = []
-    for i, (sampler, token) in enumerate(zip(samplers, token_ids, strict=True)):
-        sampler.record(token)
-        if i in wanted:
-            events.append(_with_logprobs(token, row_logprobs[i][0], sampler.params.top_logprobs))
-        else:
-            events.append(TokenEvent(token))
-    return events
+    return Draw(tokens, row_logprobs, samplers)
 
 
 def _with_logprobs(token: int, row: mx.array, top: int) -> TokenEvent:

@@ -15,7 +15,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from .interface import ErrorEvent, Finished, GenerationRequest, PrefillProgress, TokenEvent
-from .sampling import SequenceSampler, sample_rows
+from .sampling import Draw, SequenceSampler, draw
 from .work import Decode, Prefill, Release, WorkItem
 
 
@@ -57,6 +57,8 @@ class Scheduler:
         self.rows_in_flight: dict[int, list[Sequence]] = {}
         self.to_drop: list[str] = []
         self.by_id: dict[str, Sequence] = {}
+        # Events waiting for flush(): handed over while the next step computes.
+        self.outbox: list[tuple[Sequence, object]] = []
         self._turn = 0
 
     # -- requests in -------------------------------------------------------
@@ -152,19 +154,35 @@ class Scheduler:
         return drops
 
     # -- results in --------------------------------------------------------
-    def on_result(self, item: WorkItem, logits) -> None:
-        """Sample what `item` produced and deliver events to the sequences."""
+    def start_sampling(self, item: WorkItem, logits) -> Draw | None:
+        """Begin sampling the tokens `item` produced (None when it produced none)."""
+        if isinstance(item, Decode):
+            return draw(logits, [s.sampler for s in self.rows_in_flight[item.batch]])
+        if isinstance(item, Prefill) and item.final and not self.prefilling.cancelled:
+            return draw(logits, [self.prefilling.sampler])
+        return None
+
+    def on_result(self, item: WorkItem, sampling: Draw | None) -> None:
+        """Read what `item` produced; queue its events (see flush)."""
         if isinstance(item, Prefill):
-            self._after_prefill(item, logits)
+            self._after_prefill(item, sampling)
         elif isinstance(item, Decode):
             self.busy.discard(item.batch)
             rows = self.rows_in_flight.pop(item.batch)
-            events = sample_rows(logits, [s.sampler for s in rows])
-            for sequence, event in zip(rows, events, strict=True):
+            for sequence, event in zip(rows, sampling.events(), strict=True):
                 if not sequence.cancelled:
                     self._deliver(sequence, event)
 
-    def _after_prefill(self, item: Prefill, logits) -> None:
+    def flush(self) -> None:
+        """Hand the queued events to their requests' streams."""
+        outbox, self.outbox = self.outbox, []
+        for sequence, event in outbox:
+            sequence.events.put(event)
+
+    def _emit(self, sequence: Sequence, event) -> None:
+        self.outbox.append((sequence, event))
+
+    def _after_prefill(self, item: Prefill, sampling: Draw | None) -> None:
         self.prefill_busy = False
         sequence = self.prefilling
         if sequence is None or sequence.cancelled:
@@ -172,11 +190,11 @@ class Scheduler:
             return
         total = len(sequence.request.prompt_tokens)
         done = total - sum(len(tokens) for tokens, _ in sequence.chunks)
-        sequence.events.put(PrefillProgress(done, total))
+        self._emit(sequence, PrefillProgress(done, total))
         if not item.final:
             return
         self.prefilling = None
-        (event,) = sample_rows(logits, [sequence.sampler])
+        (event,) = sampling.events()
         sequence.batch = min(
             self.members, key=lambda b: len(self.members[b]) + len(self.joining[b])
         )
@@ -190,7 +208,7 @@ class Scheduler:
             self._finish(sequence, "stop")
             return
         sequence.last_token = event.token_id
-        sequence.events.put(event)
+        self._emit(sequence, event)
         if sequence.generated >= sequence.request.max_tokens:
             self._remove(sequence)
             self._finish(sequence, "length")
@@ -207,12 +225,13 @@ class Scheduler:
             self.to_drop.append(sequence.id)
         if sequence is self.prefilling and not self.prefill_busy:
             self.prefilling = None
-        sequence.events.put(
-            Finished(reason, len(sequence.request.prompt_tokens), sequence.generated)
+        self._emit(
+            sequence, Finished(reason, len(sequence.request.prompt_tokens), sequence.generated)
         )
 
     def fail_all(self, message: str) -> None:
         """Every unfinished sequence ends with an error (a rank was lost)."""
+        self.flush()
         for sequence in list(self.by_id.values()) + list(self.waiting):
             if not sequence.done:
                 sequence.done = True
