@@ -31,10 +31,11 @@ from simcluster.tinymodel import build_tiny_model
 PROMPT = "Write a short story about a lighthouse keeper who finds a map."
 
 
-def stream_decode_rate(address, tokens: int, eos_id: int) -> tuple[int, float, float]:
-    """(completion tokens, seconds from the first to the last chunk with text, seconds in all).
+def stream_times(address, tokens: int, eos_id: int) -> tuple[int, list[float]]:
+    """Stream one chat completion: (completion tokens, arrival time of each text chunk).
 
-    Like the baseline's clock, the decode clock starts at the first generated token.
+    Like the baseline's clock, decode timing starts at the first generated token
+    (the role chunk goes out before the prompt is processed).
     """
     body = {
         "model": "default_model",
@@ -45,8 +46,7 @@ def stream_decode_rate(address, tokens: int, eos_id: int) -> tuple[int, float, f
         "stream_options": {"include_usage": True},
         "logit_bias": {str(eos_id): -100},
     }
-    started = time.perf_counter()
-    first = last = None
+    times: list[float] = []
     completion = 0
     connection = http.client.HTTPConnection(*address, timeout=600)
     connection.request("POST", "/v1/chat/completions", json.dumps(body))
@@ -56,33 +56,41 @@ def stream_decode_rate(address, tokens: int, eos_id: int) -> tuple[int, float, f
             chunk = json.loads(line[6:])
             if chunk.get("usage"):
                 completion = chunk["usage"]["completion_tokens"]
-            # The first chunk (the role) goes out before the prompt is processed.
             if chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
-                now = time.perf_counter()
-                first = first or now
-                last = now
+                times.append(time.perf_counter())
     connection.close()
-    return completion, (last - first), time.perf_counter() - started
+    return completion, times
 
 
 def one_stream(address, tokens: int, eos_id: int) -> float:
-    completion, decode_seconds, _ = stream_decode_rate(address, tokens, eos_id)
-    return (completion - 1) / decode_seconds
+    completion, times = stream_times(address, tokens, eos_id)
+    return (completion - 1) / (times[-1] - times[0])
 
 
 def aggregate(address, tokens: int, eos_id: int, streams: int) -> float:
-    totals = []
+    """Tokens/s of all streams together while every one of them is decoding.
+
+    The window runs from the last stream's first token to the first stream's
+    last token, so prompt processing at the start and stragglers at the end
+    are left out; each stream's chunks count as completion/chunks tokens.
+    """
+    results = []
 
     def run():
-        totals.append(stream_decode_rate(address, tokens, eos_id)[0])
+        results.append(stream_times(address, tokens, eos_id))
 
     threads = [threading.Thread(target=run) for _ in range(streams)]
-    started = time.perf_counter()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    return sum(totals) / (time.perf_counter() - started)
+    start = max(times[0] for _, times in results)
+    end = min(times[-1] for _, times in results)
+    counted = sum(
+        sum(1 for t in times if start < t <= end) * completion / len(times)
+        for completion, times in results
+    )
+    return counted / (end - start)
 
 
 def cpu_seconds(pids: list[int]) -> float:
