@@ -138,12 +138,15 @@ def main() -> None:
                     f"2 ranks x{args.streams} aggregate tok/s",
                     aggregate((two.host, two.port), args.tokens, eos_id, args.streams),
                 )
-    base = statistics.median(results["baseline mlx_lm tok/s"])
+    # Each round's ratio uses the baseline measured next to it: the machine drifts.
+    bases = results["baseline mlx_lm tok/s"]
     print(f"\nmedians over {args.rounds} rounds ({args.preset}, {args.tokens} tokens):")
     for name, values in results.items():
-        median = statistics.median(values)
-        ratio = "" if "CPU" in name else f"  ratio to baseline {median / base:.3f}"
-        print(f"  {name}: {median:.2f}{ratio}")
+        ratio = ""
+        if "CPU" not in name:
+            ratios = [v / b for v, b in zip(values, bases, strict=True)]
+            ratio = f"  ratio to baseline {statistics.median(ratios):.3f}"
+        print(f"  {name}: {statistics.median(values):.2f}{ratio}")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,9 @@ class StageExecutor:
         self.pending: dict[str, list] = {}
         self.batches: dict[int, MicroBatch] = {}
         self.batch_of: dict[str, int] = {}
+        # Called before this rank evaluates a step it computed (rank 0 waits there
+        # for its upstream rank without polling).
+        self.before_eval = lambda: None
 
     def run(self, item: WorkItem) -> mx.array | None:
         """Apply `item`. The last stage returns lazy (rows, vocab) logits when the item
@@ -49,6 +52,7 @@ class StageExecutor:
         out = self._forward(item.tokens, cache, batch=1, length=len(item.tokens))
         if self.stage.is_last and item.final:
             return out[:, -1, :]
+        self.before_eval()
         mx.eval(out if not self.stage.is_last else [c.state for c in cache])
         return None
 

@@ -15,7 +15,7 @@ from ..cluster import Cluster
 from ..control import ControlError
 from .executor import StageExecutor
 from .liveness import StepWatchdog, exit_soon, send_heartbeats
-from .work import from_message
+from .work import Release, from_message
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,10 @@ def run_follower(cluster: Cluster) -> int:
             return 0
         watchdog.begin()
         try:
-            executor.run(from_message(message))
+            item = from_message(message)
+            executor.run(item)
+            if config.rank == 1 and not isinstance(item, Release):
+                leader.send({"type": "done"})
         except Exception as exc:
             log.exception("work item failed")
             try:

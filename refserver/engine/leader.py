@@ -64,6 +64,11 @@ class PipelineEngine:
         self._draining = False
         self._stop_beats = threading.Event()
         self.watchdog = StepWatchdog(config.step_timeout, self.fail)
+        # Rank 1 says "done" when it has sent a step's hidden states; rank 0 then
+        # receives at once instead of busy-polling the ring while rank 1 computes.
+        self._upstream_done = threading.Semaphore(0)
+        if cluster.world_size > 1:
+            self.executor.before_eval = self._wait_upstream
 
     # -- the API side ------------------------------------------------------
     def submit(self, request: GenerationRequest) -> Iterator[Event]:
@@ -154,7 +159,8 @@ class PipelineEngine:
         interval = self.cluster.config.heartbeat_interval
         send_heartbeats(list(self.peers.values()), interval, self._stop_beats)
         for rank, channel in self.peers.items():
-            watch_peer(rank, channel, self.cluster.config.heartbeat_timeout, self.fail)
+            on_done = self._upstream_done.release if rank == 1 else None
+            watch_peer(rank, channel, self.cluster.config.heartbeat_timeout, self.fail, on_done)
         self._loading = False
         log.info("all %d rank(s) loaded; ready", self.cluster.world_size)
 
@@ -199,6 +205,8 @@ class PipelineEngine:
         item = self.inflight.popleft()
         self.watchdog.begin()
         logits = self.executor.run(item)
+        if logits is not None:
+            self.executor.before_eval()
         sampling = self.scheduler.start_sampling(item, logits)
         if sampling is None and logits is not None:
             mx.eval(logits)  # unsampled (cancelled), but its ring receive must happen
@@ -206,6 +214,10 @@ class PipelineEngine:
         self.scheduler.flush()
         self.scheduler.on_result(item, sampling)
         self.watchdog.end()
+
+    def _wait_upstream(self) -> None:
+        # Bounded by the step deadline: the watchdog ends the process past it.
+        self._upstream_done.acquire(timeout=self.cluster.config.step_timeout)
 
     def _take_inbox(self) -> bool:
         """Apply queued adds and cancels; True when a drain was requested."""

@@ -71,8 +71,17 @@ def send_heartbeats(
     threading.Thread(target=beat, name="heartbeats", daemon=True).start()
 
 
-def watch_peer(rank: int, channel: Channel, timeout: float, on_lost: Callable[[str], None]) -> None:
-    """Start a thread that reads a peer's heartbeats; silence or EOF means it is lost."""
+def watch_peer(
+    rank: int,
+    channel: Channel,
+    timeout: float,
+    on_lost: Callable[[str], None],
+    on_done: Callable[[], None] | None = None,
+) -> None:
+    """Start a thread that reads a peer's messages; silence or EOF means it is lost.
+
+    `on_done` is called for each "done" (the peer finished a step and sent its output).
+    """
 
     def read():
         while True:
@@ -81,7 +90,10 @@ def watch_peer(rank: int, channel: Channel, timeout: float, on_lost: Callable[[s
             except ControlError as exc:
                 on_lost(f"rank {rank} lost: {exc}")
                 return
-            if message.get("type") == "failed":
+            kind = message.get("type")
+            if kind == "done" and on_done is not None:
+                on_done()
+            elif kind == "failed":
                 on_lost(f"rank {rank} failed: {message.get('error', 'unknown error')}")
                 return
 
