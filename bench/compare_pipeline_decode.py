@@ -32,7 +32,9 @@ def main() -> None:
         baseline, pipeline = [], []
         for round_index in range(args.rounds):
             ref_tokens, ref_tps = reference_run(model, prompt, args.tokens)
-            ours, ours_tps = pipeline_run(args.n, model, prompt, args.tokens, args.split, sink=_quiet)
+            ours, ours_tps = pipeline_run(
+                args.n, model, prompt, args.tokens, args.split, sink=_quiet
+            )
             assert ours == ref_tokens, "pipeline tokens differ from mlx_lm"
             baseline.append(ref_tps)
             pipeline.append(ours_tps)

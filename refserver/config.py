@@ -101,8 +101,7 @@ def read_hostfile(path: str | None) -> tuple[tuple[str, ...], ...]:
     if data == "" or data is None:
         return ()
     if not isinstance(data, list) or not all(
-        isinstance(r, list) and r and all(isinstance(a, str) and ":" in a for a in r)
-        for r in data
+        isinstance(r, list) and r and all(isinstance(a, str) and ":" in a for a in r) for r in data
     ):
         raise ConfigError(
             f'MLX_HOSTFILE={path!r} must hold a list of ["ip:port", ...] lists, one per rank'

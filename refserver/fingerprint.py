@@ -43,7 +43,11 @@ def weights_fingerprint(model_path: Path, files: list[str] | None = None) -> str
     index = Path(model_path) / "model.safetensors.index.json"
     if index.exists():
         digest.update(index.read_bytes())
-    names = files if files is not None else sorted(p.name for p in Path(model_path).glob("*.safetensors"))
+    names = (
+        files
+        if files is not None
+        else sorted(p.name for p in Path(model_path).glob("*.safetensors"))
+    )
     for path in (Path(model_path) / name for name in names):
         size = path.stat().st_size
         digest.update(f"{path.name}:{size}".encode())

@@ -62,8 +62,9 @@ class LocalCluster:
     """N local ranks of one command, as a context manager.
 
     `command` is one argv for all ranks or a function of the rank. `per_rank_env`
-    adds or overrides variables for single ranks (e.g. a different split on one rank). Each output line is prefixed with `[rank r]` and passed to
-    `sink` (default: this process's stderr).
+    adds or overrides variables for single ranks (e.g. a different split on one
+    rank). Each output line is prefixed with `[rank r]` and passed to `sink`
+    (default: this process's stderr).
     """
 
     def __init__(

@@ -105,4 +105,3 @@ def test_parity_worker_reports_bad_model_path(tmp_path):
     assert result.returncode != 0
     assert "no such model directory" in result.stderr
     assert "Traceback" not in result.stderr
-

@@ -114,8 +114,9 @@ def test_stop_string_across_token_boundary(client, tiny_model, tokenizer):
     pieces = [tokenizer.decode(tokens[: i + 1]) for i in range(len(tokens))]
     # A stop string made of the end of one token and the start of the next.
     boundary = next(
-        i for i in range(4, len(tokens) - 1) if len(pieces[i]) - len(pieces[i - 1]) >= 2
-        and len(pieces[i + 1]) - len(pieces[i]) >= 2
+        i
+        for i in range(4, len(tokens) - 1)
+        if len(pieces[i]) - len(pieces[i - 1]) >= 2 and len(pieces[i + 1]) - len(pieces[i]) >= 2
     )
     stop = pieces[boundary + 1][len(pieces[boundary]) - 1 : len(pieces[boundary]) + 1]
     before = pieces[boundary + 1][: pieces[boundary + 1].index(stop)]
