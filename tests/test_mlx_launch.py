@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import openai
 import pytest
 
+from simcluster.launch import free_ports
 from simcluster.parity import chat_prompt_tokens, reference_tokens, worker_command
 
 pytestmark = pytest.mark.slow
@@ -65,4 +71,58 @@ def test_parity_under_mlx_launch(tiny_model, tmp_path):
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads(output.read_text()) == reference_tokens(tiny_model, prompt, 64)
+    assert json.loads(output.read_text())["tokens"] == reference_tokens(tiny_model, prompt, 64)
+
+
+def test_server_under_mlx_launch(tiny_model):
+    first_port = consecutive_free_ports(3)
+    http_port = free_ports(1)[0]
+    command = [
+        mlx_launch(),
+        "-n",
+        "2",
+        "--backend",
+        "ring",
+        "--starting-port",
+        str(first_port),
+        "--",
+        sys.executable,
+        "-m",
+        "refserver",
+        "--model",
+        str(tiny_model),
+        "--port",
+        str(http_port),
+    ]
+    launcher = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        client = openai.OpenAI(
+            base_url=f"http://127.0.0.1:{http_port}/v1", api_key="x", max_retries=0, timeout=60
+        )
+        deadline = time.monotonic() + 120
+        while True:
+            assert launcher.poll() is None, launcher.stdout.read().decode()[-3000:]
+            try:
+                if client.with_options(timeout=2).models.list().data:
+                    break
+            except openai.APIError:
+                pass
+            assert time.monotonic() < deadline, "the server never became ready"
+            time.sleep(0.5)
+        reply = client.chat.completions.create(
+            model="default_model",
+            messages=[{"role": "user", "content": "Hello"}],
+            max_tokens=16,
+            temperature=0,
+        )
+        assert reply.choices[0].message.content is not None
+        assert reply.usage.completion_tokens >= 1
+        # SIGTERM to every process of the launch: rank 0 drains, the others follow.
+        os.killpg(launcher.pid, signal.SIGTERM)
+        launcher.wait(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(launcher.pid, signal.SIGKILL)
+        launcher.wait()
