@@ -64,16 +64,18 @@ class StopMatcher:
         self._first_chars = frozenset(s[0] for s in self._stops)
         self._longest = max((len(s) for s in self._stops), default=0)
         self._held = ""
+        self.matched: str | None = None  # the stop string found, once one is
 
     def feed(self, text: str) -> tuple[str, bool]:
         """(text safe to send, whether a stop string was found)."""
         if not self._stops:
             return text, False
         held = self._held + text
-        hits = [i for i in (held.find(s) for s in self._stops) if i >= 0]
+        hits = [(i, stop) for stop in self._stops if (i := held.find(stop)) >= 0]
         if hits:
             self._held = ""
-            return held[: min(hits)], True
+            index, self.matched = min(hits)
+            return held[:index], True
         keep = self._possible_start(held)
         self._held = held[len(held) - keep :]
         return held[: len(held) - keep], False
@@ -107,6 +109,11 @@ class TextStream:
         self.skip_ids = skip_ids
         self._decoder = IncrementalDecoder(decode, skip_ids)
         self._stops = StopMatcher(stops)
+
+    @property
+    def stop_sequence(self) -> str | None:
+        """The stop string that ended the text, if one did."""
+        return self._stops.matched
 
     def add(self, token_id: int) -> tuple[str, bool]:
         """(new visible text, whether a stop string ended the generation)."""

@@ -51,6 +51,10 @@ class Outcome:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0
+    stop_sequence: str | None = None  # the stop string that ended the text, if one did
+
+
+Pieces = Iterator[TextPiece | KeepAlive | Outcome]
 
 
 class GenerationFailed(Exception):
@@ -156,7 +160,7 @@ def generate(
                 pending.clear()
                 last_output = time.monotonic()
             if stopped:
-                yield _stop_early(pump, prompt_tokens, completion_tokens)
+                yield _stop_early(pump, prompt_tokens, completion_tokens, text.stop_sequence)
                 return
     finally:
         pump.close()
@@ -171,10 +175,13 @@ def _finish(
     if piece or pending:
         yield TextPiece(piece, tuple(pending))
     reason = "stop" if stopped else event.reason
-    yield Outcome(reason, event.prompt_tokens, event.completion_tokens, event.cached_tokens)
+    counts = (event.prompt_tokens, event.completion_tokens, event.cached_tokens)
+    yield Outcome(reason, *counts, stop_sequence=text.stop_sequence)
 
 
-def _stop_early(pump: EventPump, prompt_tokens: int, completion_tokens: int) -> Outcome:
+def _stop_early(
+    pump: EventPump, prompt_tokens: int, completion_tokens: int, stop_sequence: str | None
+) -> Outcome:
     """A stop string ended the text: cancel, and take the cache count from the engine."""
     pump.cancel()
     deadline = time.monotonic() + _CANCEL_WAIT_SECONDS
@@ -185,4 +192,4 @@ def _stop_early(pump: EventPump, prompt_tokens: int, completion_tokens: int) -> 
             cached = event.cached_tokens
         if event is None or isinstance(event, Finished | ErrorEvent):
             break
-    return Outcome("stop", prompt_tokens, completion_tokens, cached)
+    return Outcome("stop", prompt_tokens, completion_tokens, cached, stop_sequence)
