@@ -11,10 +11,13 @@ from typing import Any
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
+from refserver.api.agent_message import agent_builder
 from refserver.api.errors import ApiError
+from refserver.api.message import MessageBuilderFactory
 from refserver.api.prompting import Vocabulary
-from refserver.api.routes import MessageBuilderFactory, OpenAIRoutes, plain_text_builder
+from refserver.api.routes import OpenAIRoutes
 from refserver.api.settings import ApiSettings
+from refserver.api.submit import Submitter
 from refserver.engine.interface import Engine
 
 log = logging.getLogger(__name__)
@@ -26,12 +29,12 @@ def create_app(
     engine: Engine,
     tokenizer: Any,
     settings: ApiSettings,
-    message_builder: MessageBuilderFactory = plain_text_builder,
+    message_builder: MessageBuilderFactory = agent_builder,
 ) -> Flask:
     """The OpenAI-compatible app, serving `engine` with `tokenizer`.
 
-    message_builder makes, per chat request, the object that turns generated text
-    into message fields (the seam for reasoning and tool-call parsing).
+    message_builder makes, per chat request, the object that turns generated text into
+    content, reasoning and tool calls (``plain_text_builder`` leaves the text raw).
     """
     app = Flask("refserver.api")
     app.extensions["refserver"] = settings  # read by server.serve()
@@ -45,8 +48,8 @@ def create_app(
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _internal_error)
     app.get("/health")(lambda: _health(engine))
-    vocab = Vocabulary(tokenizer, settings.chat_template_kwargs)
-    OpenAIRoutes(engine, vocab, settings, message_builder).register(app)
+    submitter = Submitter(engine, Vocabulary(tokenizer, settings.chat_template_kwargs), settings)
+    OpenAIRoutes(submitter, message_builder).register(app)
     return app
 
 

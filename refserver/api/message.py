@@ -1,53 +1,51 @@
-"""Where generated text becomes the fields of a chat message: the one place to plug in
-reasoning and tool-call parsing.
+"""Where generated text becomes message parts: the one place to plug in reasoning and
+tool-call parsing, shared by every wire format.
 
-A ``MessageBuilder`` is made per request. It is fed visible text as it is generated
-and returns delta fragments (``{"content": ...}``, later also ``{"reasoning_content":
-...}`` or ``{"tool_calls": [...]}``). A stream sends each fragment as one delta; a
-non-streamed reply merges them into one message.
+A ``MessageBuilder`` is made per request from the request's ``ToolPlan`` and its prompt.
+It is fed visible text as it is generated and returns ``OutputEvent``s (content,
+reasoning, complete tool calls); each wire format (OpenAI chat, Anthropic Messages)
+turns those events into its own deltas, chunks or content blocks.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
-Delta = dict[str, Any]
+from refserver.api.prompting import Prompt
+from refserver.tools import ContentDelta, OutputEvent, ToolPlan
 
 
 class MessageBuilder(Protocol):
-    def feed(self, text: str) -> list[Delta]:
-        """Fragments completed by this text (may hold some text back)."""
+    def feed(self, text: str) -> list[OutputEvent]:
+        """Events completed by this text (may hold some text back)."""
         ...
 
-    def finish(self) -> list[Delta]:
-        """Fragments still held back at the end of the generation."""
+    def finish(self) -> list[OutputEvent]:
+        """Events still held back at the end of the generation."""
         ...
 
     def finish_reason(self, reason: str) -> str:
-        """The reply's finish_reason given the engine's ("stop"/"length")."""
+        """ "stop", "length" or "tool_calls", given the engine's ("stop"/"length")."""
         ...
+
+
+MessageBuilderFactory = Callable[[ToolPlan, Prompt], MessageBuilder]
 
 
 class PlainText:
     """All generated text is content."""
 
-    def feed(self, text: str) -> list[Delta]:
-        return [{"content": text}] if text else []
+    def feed(self, text: str) -> list[OutputEvent]:
+        return [ContentDelta(text)] if text else []
 
-    def finish(self) -> list[Delta]:
+    def finish(self) -> list[OutputEvent]:
         return []
 
     def finish_reason(self, reason: str) -> str:
         return reason
 
 
-def merge_deltas(deltas: list[Delta]) -> Delta:
-    """Fold delta fragments into message fields: strings concatenate, lists extend."""
-    message: Delta = {}
-    for delta in deltas:
-        for key, value in delta.items():
-            if key in message and isinstance(value, str | list):
-                message[key] = message[key] + value
-            else:
-                message[key] = value
-    return message
+def plain_text_builder(plan: ToolPlan, prompt: Prompt) -> MessageBuilder:
+    """No parsing: the model's raw text is the content."""
+    return PlainText()

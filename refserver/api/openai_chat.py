@@ -6,13 +6,14 @@ from collections.abc import Iterator
 from contextlib import closing
 from typing import Any
 
-from refserver.api.generation import KeepAlive, Outcome, TextPiece
+from refserver.api.generation import KeepAlive, Outcome, Pieces, TextPiece
 from refserver.api.logprobs import chat_logprobs
-from refserver.api.message import Delta, MessageBuilder, merge_deltas
+from refserver.api.message import MessageBuilder
 from refserver.api.openai_common import ResponseMeta, usage, usage_chunk
 from refserver.api.prompting import Vocabulary
+from refserver.tools import ContentDelta, OutputEvent, ReasoningDelta, ToolCallEvent
 
-Pieces = Iterator[TextPiece | KeepAlive | Outcome]
+Delta = dict[str, Any]
 CHUNK = "chat.completion.chunk"
 
 
@@ -24,22 +25,22 @@ def chat_completion(
     top_logprobs: int | None,
 ) -> dict[str, Any]:
     """The whole reply; top_logprobs None means no logprobs were asked for."""
-    deltas: list[Delta] = []
+    events: list[OutputEvent] = []
     entries: list[dict] = []
     outcome: Outcome | None = None
     with closing(pieces):
         for item in pieces:
             if isinstance(item, TextPiece):
-                deltas += builder.feed(item.text)
+                events += builder.feed(item.text)
                 if top_logprobs is not None:
                     entries += chat_logprobs(item.tokens, vocab, top_logprobs)
             elif isinstance(item, Outcome):
                 outcome = item
     assert outcome is not None, "generate() ends with an Outcome or raises"
-    deltas += builder.finish()
+    events += builder.finish()
     choice = {
         "index": 0,
-        "message": {"role": "assistant", "content": "", **merge_deltas(deltas)},
+        "message": message(events),
         "logprobs": None if top_logprobs is None else {"content": entries},
         "finish_reason": builder.finish_reason(outcome.finish_reason),
     }
@@ -65,12 +66,12 @@ def chat_chunks(
             if isinstance(item, TextPiece):
                 if top_logprobs is not None:
                     entries += chat_logprobs(item.tokens, vocab, top_logprobs)
-                for delta in builder.feed(item.text):
-                    yield _chunk(meta, delta, entries)
+                for event in builder.feed(item.text):
+                    yield _chunk(meta, delta(event), entries)
                     entries = []
                 continue
-            for delta in builder.finish():
-                yield _chunk(meta, delta, entries)
+            for event in builder.finish():
+                yield _chunk(meta, delta(event), entries)
                 entries = []
             yield _chunk(meta, {}, entries, builder.finish_reason(item.finish_reason))
             if include_usage:
@@ -88,3 +89,36 @@ def _chunk(
         choice["logprobs"] = {"content": logprobs}
     choice["finish_reason"] = finish_reason
     return {**meta.header(CHUNK), "choices": [choice]}
+
+
+def delta(event: OutputEvent) -> Delta:
+    """The stream delta of one event: a tool call is one delta with its index and whole
+    arguments."""
+    if isinstance(event, ReasoningDelta):
+        return {"reasoning_content": event.text}
+    if isinstance(event, ToolCallEvent):
+        return {"tool_calls": [{"index": event.index, **_tool_call(event)}]}
+    return {"content": event.text}
+
+
+def message(events: list[OutputEvent]) -> dict[str, Any]:
+    """The assistant message of a whole reply; reasoning_content and tool_calls only when
+    there are some."""
+    content = "".join(e.text for e in events if isinstance(e, ContentDelta))
+    reasoning = "".join(e.text for e in events if isinstance(e, ReasoningDelta))
+    calls = [_tool_call(e) for e in events if isinstance(e, ToolCallEvent)]
+    result: dict[str, Any] = {"role": "assistant", "content": content}
+    if reasoning:
+        result["reasoning_content"] = reasoning
+    if calls:
+        result["tool_calls"] = calls
+    return result
+
+
+def _tool_call(event: ToolCallEvent) -> dict[str, Any]:
+    call = event.call
+    return {
+        "id": call.id,
+        "type": "function",
+        "function": {"name": call.name, "arguments": call.arguments},
+    }

@@ -6,12 +6,11 @@ from collections.abc import Iterator
 from contextlib import closing
 from typing import Any
 
-from refserver.api.generation import KeepAlive, Outcome, TextPiece
+from refserver.api.generation import KeepAlive, Outcome, Pieces, TextPiece
 from refserver.api.logprobs import completion_logprobs
 from refserver.api.openai_common import ResponseMeta, usage, usage_chunk
 from refserver.api.prompting import Vocabulary
 
-Pieces = Iterator[TextPiece | KeepAlive | Outcome]
 OBJECT = "text_completion"
 
 

@@ -38,6 +38,14 @@ Count = Annotated[int, Field(ge=1, le=2**31 - 1)]
 TokenId = Annotated[int, Field(ge=0, le=2**31 - 1)]
 
 
+def check_stop_strings(strings: list[str]) -> None:
+    """Raise ValueError when there are too many stop strings or one is too long."""
+    if len(strings) > MAX_STOP_STRINGS:
+        raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings, got {len(strings)}")
+    if any(len(s) > MAX_STOP_CHARS for s in strings):
+        raise ValueError(f"a stop string may have at most {MAX_STOP_CHARS} characters")
+
+
 class StrictModel(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False, frozen=True)
 
@@ -103,11 +111,7 @@ class SamplingFields(StrictModel):
     @field_validator("stop")
     @classmethod
     def _stop_strings(cls, stop: str | list[str] | None) -> str | list[str] | None:
-        strings = [stop] if isinstance(stop, str) else stop or []
-        if len(strings) > MAX_STOP_STRINGS:
-            raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings, got {len(strings)}")
-        if any(len(s) > MAX_STOP_CHARS for s in strings):
-            raise ValueError(f"a stop string may have at most {MAX_STOP_CHARS} characters")
+        check_stop_strings([stop] if isinstance(stop, str) else stop or [])
         return stop
 
     @property
@@ -176,11 +180,16 @@ class Message(StrictModel):
         return self
 
     def to_template(self) -> dict[str, Any]:
-        """The message as chat templates take it: content as one string."""
+        """The message as chat templates take it: content as one string.
+
+        "developer" (OpenAI's newer name for system instructions) renders as "system":
+        chat templates of open models know only the latter.
+        """
         content = self.content or ""
         if isinstance(content, list):
             content = "".join(part.text or "" for part in content)
-        message: dict[str, Any] = {"role": self.role, "content": content}
+        role = "system" if self.role == "developer" else self.role
+        message: dict[str, Any] = {"role": role, "content": content}
         for key in ("name", "tool_call_id", "reasoning_content"):
             if getattr(self, key) is not None:
                 message[key] = getattr(self, key)

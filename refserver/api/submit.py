@@ -1,0 +1,74 @@
+"""Hand a validated request to the engine; shared by every wire format's routes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from flask import Response, g, jsonify, request
+
+from refserver.api.detokenize import TextStream
+from refserver.api.engine_request import engine_request
+from refserver.api.errors import ApiError
+from refserver.api.generation import (
+    EventPump,
+    GenerationFailed,
+    Pieces,
+    generate,
+)
+from refserver.api.prompting import Prompt, Vocabulary
+from refserver.api.request_body import read_json_object
+from refserver.api.schemas import SamplingFields
+from refserver.api.settings import ApiSettings
+from refserver.engine.interface import Engine, NotReadyError, QueueFullError
+
+
+class Submitter:
+    """Reads bodies, submits generations and turns their failures into ApiErrors."""
+
+    def __init__(self, engine: Engine, vocab: Vocabulary, settings: ApiSettings):
+        self.engine = engine
+        self.vocab = vocab
+        self.settings = settings
+
+    def read_body(self) -> dict[str, Any]:
+        return read_json_object(self.settings.max_body_bytes)
+
+    def start(
+        self,
+        body: SamplingFields,
+        prompt: Prompt,
+        prompt_param: str,
+        top_logprobs: int | None = None,
+    ) -> tuple[Pieces, EventPump]:
+        """Submit to the engine: 429 when its queue is full, 503 when it is not ready.
+
+        prompt_param names the field that held the prompt, for a context-length 400.
+        """
+        settings, vocab = self.settings, self.vocab
+        job = engine_request(
+            g.request_id, body, prompt, prompt_param, settings, vocab, top_logprobs
+        )
+        try:
+            pump = EventPump(self.engine, job)
+        except QueueFullError as exc:
+            message = str(exc) or "the server is busy; retry later"
+            retry = {"Retry-After": str(max(1, exc.retry_after_seconds))}
+            raise ApiError(429, message, code="queue_full", headers=retry) from None
+        except NotReadyError as exc:
+            message = str(exc) or "the server is not ready"
+            raise ApiError(503, message, code="not_ready") from None
+        text = TextStream(vocab.decode, vocab.eos_token_ids, body.stop_strings)
+        # waitress (with channel_request_lookahead) tells whether the client hung up.
+        client_gone = request.environ.get("waitress.client_disconnected", lambda: False)
+        prompt_tokens = len(prompt.token_ids)
+        pieces = generate(pump, text, prompt_tokens, settings.keepalive_seconds, client_gone)
+        return pieces, pump
+
+    @staticmethod
+    def reply(build: Callable[[], dict[str, Any]]) -> Response:
+        """The JSON reply `build` makes; a failed generation is a 503."""
+        try:
+            return jsonify(build())
+        except GenerationFailed as exc:
+            raise ApiError(503, exc.message, code=exc.code) from None

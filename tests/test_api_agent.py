@@ -1,0 +1,216 @@
+"""OpenAI chat completions for agents, against the fake engine with scripted output and
+the tiny model's MiniMax-style chat template: reasoning_content, tool_calls,
+finish_reason, tool_choice, enable_thinking, and agent loops through the template."""
+
+# ruff: noqa: F401, F811 (pytest fixtures imported from agent_fakes)
+
+from __future__ import annotations
+
+import pytest
+from agent_fakes import (
+    TOOLS,
+    arguments,
+    no_nulls,
+    prompt_of,
+    scripted,
+    tiny_tokenizer,
+    tool_block,
+)
+from api_fakes import sse_events
+
+CHAT = "/v1/chat/completions"
+USER = [{"role": "user", "content": "Read the notes, then list the directory."}]
+READ = ("read_file", {"path": "/ home/ me/ notes. txt", "limit": "20"})
+LIST = ("run", {"command": "ls -la ./src"})
+# The template opens <think>, so the model's output starts inside its reasoning.
+OUTPUT = (
+    "\nThe user wants two things.\n</think>\n\nI will read the notes first.\n"
+    + tool_block(READ)
+    + "\n"
+    + tool_block(LIST)
+)
+
+
+def _chat(client, **fields):
+    return client.post(CHAT, json={"messages": USER, "tools": TOOLS, **fields})
+
+
+def _stream(client, **fields) -> list[dict]:
+    events = sse_events(_chat(client, stream=True, **fields).get_data())
+    assert events[-1] == "[DONE]"
+    return events[:-1]
+
+
+def test_reasoning_content_and_tool_calls(tiny_tokenizer):
+    client, _ = scripted(tiny_tokenizer, OUTPUT)
+    choice = _chat(client).get_json()["choices"][0]
+    message = choice["message"]
+    assert message["reasoning_content"] == "The user wants two things."
+    assert message["content"] == "I will read the notes first."
+    assert [call["function"]["name"] for call in message["tool_calls"]] == ["read_file", "run"]
+    assert arguments(message["tool_calls"][0]) == {"path": "/home/me/notes.txt", "limit": 20}
+    assert arguments(message["tool_calls"][1]) == {"command": "ls -la ./src"}
+    ids = [call["id"] for call in message["tool_calls"]]
+    assert all(i.startswith("call_") for i in ids) and len(set(ids)) == 2
+    assert all(call["type"] == "function" and "index" not in call for call in message["tool_calls"])
+    assert choice["finish_reason"] == "tool_calls"
+
+
+def test_stream_deltas(tiny_tokenizer):
+    client, _ = scripted(tiny_tokenizer, OUTPUT)
+    chunks = _stream(client, stream_options={"include_usage": True})
+    deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+    assert deltas[0] == {"role": "assistant", "content": ""}
+    assert all("role" not in d for d in deltas[1:])
+    assert all(no_nulls(d) for d in deltas)
+    kinds = [next(iter(d)) for d in deltas[1:] if d]
+    # Reasoning, then content as it comes (before the call is complete), then each call.
+    first_call = kinds.index("tool_calls")
+    assert set(kinds[:first_call]) == {"reasoning_content", "content"}
+    assert kinds.index("content") > max(i for i, k in enumerate(kinds) if k == "reasoning_content")
+    assert kinds[first_call:] == ["tool_calls", "tool_calls"]
+    calls = [d["tool_calls"] for d in deltas if "tool_calls" in d]
+    assert [[c["index"] for c in call] for call in calls] == [[0], [1]]
+    assert all(set(c[0]) == {"index", "id", "type", "function"} for c in calls)
+    assert arguments(calls[0][0]) == {"path": "/home/me/notes.txt", "limit": 20}
+    assert "".join(d.get("content", "") for d in deltas) == "I will read the notes first."
+    finishes = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]]
+    assert [f for f in finishes if f] == ["tool_calls"]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] > 0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_call_cut_by_max_tokens_is_length_and_kept_as_content(tiny_tokenizer, stream):
+    output = "</think>Reading." + tool_block(READ)
+    client, engine = scripted(tiny_tokenizer, output)
+    tokens = tiny_tokenizer.encode(output, add_special_tokens=False)
+    cut = len(tokens) - 3  # inside the closing tags
+    partial = tiny_tokenizer.decode(tokens[:cut]).removeprefix("</think>")
+    assert partial.startswith("Reading.<minimax:tool_call>\n<invoke") and "</invoke>" not in partial
+    if stream:
+        deltas = [c["choices"][0] for c in _stream(client, max_tokens=cut)]
+        content = "".join(c["delta"].get("content", "") for c in deltas)
+        reason = deltas[-1]["finish_reason"]
+        assert not any("tool_calls" in c["delta"] for c in deltas)
+    else:
+        choice = _chat(client, max_tokens=cut).get_json()["choices"][0]
+        content, reason = choice["message"]["content"], choice["finish_reason"]
+        assert "tool_calls" not in choice["message"]
+    assert reason == "length"
+    assert content == partial.rstrip()
+
+
+def test_plain_answer_after_reasoning_stops(tiny_tokenizer):
+    client, _ = scripted(tiny_tokenizer, "Short thought.</think>\n\nHello there.")
+    choice = _chat(client).get_json()["choices"][0]
+    assert choice["message"] == {
+        "role": "assistant",
+        "content": "Hello there.",
+        "reasoning_content": "Short thought.",
+    }
+    assert choice["finish_reason"] == "stop"
+
+
+def test_without_thinking_the_output_starts_as_content(tiny_tokenizer):
+    client, engine = scripted(tiny_tokenizer, "Hello there.")
+    body = _chat(client, chat_template_kwargs={"enable_thinking": False}).get_json()
+    assert not prompt_of(engine, tiny_tokenizer).rstrip().endswith("<think>")
+    assert body["choices"][0]["message"] == {"role": "assistant", "content": "Hello there."}
+
+
+def test_server_default_enable_thinking_is_overridden_by_the_request(tiny_tokenizer):
+    client, engine = scripted(
+        tiny_tokenizer, "Hmm.</think>Hi.", chat_template_kwargs={"enable_thinking": False}
+    )
+    assert _chat(client).get_json()["choices"][0]["message"]["content"] == "Hmm.</think>Hi."
+    assert not prompt_of(engine, tiny_tokenizer).endswith("<think>\n")
+    message = _chat(client, chat_template_kwargs={"enable_thinking": True}).get_json()
+    assert prompt_of(engine, tiny_tokenizer).endswith("<think>\n")
+    assert message["choices"][0]["message"]["reasoning_content"] == "Hmm."
+
+
+def test_tool_choice_none_renders_no_tools_and_parses_no_calls(tiny_tokenizer):
+    client, engine = scripted(tiny_tokenizer, "</think>" + tool_block(READ))
+    choice = _chat(client, tool_choice="none").get_json()["choices"][0]
+    assert "<tools>" not in prompt_of(engine, tiny_tokenizer)
+    assert choice["message"]["content"].startswith("<minimax:tool_call>")
+    assert "tool_calls" not in choice["message"] and choice["finish_reason"] == "stop"
+
+
+def test_named_tool_choice_offers_only_that_tool_and_says_so(tiny_tokenizer):
+    client, engine = scripted(tiny_tokenizer, "</think>" + tool_block(LIST))
+    choice = {"type": "function", "function": {"name": "run"}}
+    body = _chat(client, tool_choice=choice, parallel_tool_calls=False).get_json()
+    prompt = prompt_of(engine, tiny_tokenizer)
+    assert '"name": "run"' in prompt and '"name": "read_file"' not in prompt
+    assert "You must call the tool `run`. Call at most one tool per reply." in prompt
+    assert body["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def test_required_tool_choice_adds_the_hint_to_the_system_message(tiny_tokenizer):
+    client, engine = scripted(tiny_tokenizer, "</think>ok")
+    system = {"role": "system", "content": "Be brief."}
+    client.post(CHAT, json={"messages": [system, *USER], "tools": TOOLS, "tool_choice": "required"})
+    prompt = prompt_of(engine, tiny_tokenizer)
+    assert "system\nBe brief.\n\nYou must call at least one of the provided tools." in prompt
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"tool_choice": "required", "tools": []}, "non-empty"),
+        ({"tool_choice": {"type": "function", "function": {"name": "nope"}}}, "nope"),
+    ],
+)
+def test_impossible_tool_choice_is_a_400(tiny_tokenizer, fields, message):
+    client, engine = scripted(tiny_tokenizer, "x")
+    response = client.post(CHAT, json={"messages": USER, "tools": TOOLS, **fields})
+    assert response.status_code == 400
+    error = response.get_json()["error"]
+    assert error["param"] == "tool_choice" and message in error["message"]
+    assert engine.requests == []
+
+
+def test_agent_loop_renders_calls_results_and_text_parts(tiny_tokenizer):
+    client, engine = scripted(tiny_tokenizer, "</think>Done.")
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "read_file", "arguments": '{"path": "/tmp/a.txt", "limit": 5}'},
+    }
+    messages = [
+        {"role": "developer", "content": "You are terse."},
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "Read "}, {"type": "text", "text": "it."}],
+        },  # fmt: skip
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": [{"type": "text", "text": "hello"}]},
+    ]
+    response = client.post(CHAT, json={"messages": messages, "tools": TOOLS})
+    assert response.status_code == 200
+    prompt = prompt_of(engine, tiny_tokenizer)
+    assert "]~b]system\nYou are terse." in prompt
+    assert "]~b]user\nRead it.[e~[" in prompt
+    assert (
+        '<minimax:tool_call>\n<invoke name="read_file">\n<parameter name="path">/tmp/a.txt'
+        '</parameter>\n<parameter name="limit">5</parameter>\n</invoke>\n</minimax:tool_call>'
+    ) in prompt
+    assert "]~b]tool\n<response>hello</response>[e~[" in prompt
+
+
+def test_a_reply_round_trips_into_the_next_prompt(tiny_tokenizer):
+    calls = [("run", {"command": "make test"}), ("read_file", {"path": "/a", "limit": "3"})]
+    block = tool_block(*calls)
+    client, engine = scripted(tiny_tokenizer, "Plan.</think>Running.\n" + block)
+    first = _chat(client).get_json()["choices"][0]["message"]
+    results = [
+        {"role": "tool", "tool_call_id": call["id"], "content": f"result {i}"}
+        for i, call in enumerate(first["tool_calls"])
+    ]
+    messages = [*USER, first, *results, {"role": "user", "content": "And now?"}]
+    assert client.post(CHAT, json={"messages": messages, "tools": TOOLS}).status_code == 200
+    prompt = prompt_of(engine, tiny_tokenizer)
+    # The template renders the model's own call block back, and the results in order.
+    assert "]~b]ai\nRunning.\n" + block + "[e~[" in prompt
+    assert "]~b]tool\n<response>result 0</response>\n<response>result 1</response>[e~[" in prompt
