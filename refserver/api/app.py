@@ -12,6 +12,7 @@ from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from refserver.api.agent_message import agent_builder
+from refserver.api.anthropic_messages import MESSAGES_PATH, AnthropicRoutes
 from refserver.api.errors import ApiError
 from refserver.api.message import MessageBuilderFactory
 from refserver.api.prompting import Vocabulary
@@ -23,6 +24,7 @@ from refserver.engine.interface import Engine
 log = logging.getLogger(__name__)
 
 _OPEN_PATHS = frozenset(("/health",))
+_CORS_HEADERS = "Authorization, Content-Type, x-api-key, anthropic-version, anthropic-beta"
 
 
 def create_app(
@@ -31,7 +33,7 @@ def create_app(
     settings: ApiSettings,
     message_builder: MessageBuilderFactory = agent_builder,
 ) -> Flask:
-    """The OpenAI-compatible app, serving `engine` with `tokenizer`.
+    """The OpenAI- and Anthropic-compatible app, serving `engine` with `tokenizer`.
 
     message_builder makes, per chat request, the object that turns generated text into
     content, reasoning and tool calls (``plain_text_builder`` leaves the text raw).
@@ -50,7 +52,12 @@ def create_app(
     app.get("/health")(lambda: _health(engine))
     submitter = Submitter(engine, Vocabulary(tokenizer, settings.chat_template_kwargs), settings)
     OpenAIRoutes(submitter, message_builder).register(app)
+    AnthropicRoutes(submitter, message_builder).register(app)
     return app
+
+
+def _is_anthropic_route() -> bool:
+    return request.path == MESSAGES_PATH or request.path.startswith(MESSAGES_PATH + "/")
 
 
 def _health(engine: Engine) -> Response:
@@ -66,17 +73,22 @@ def _start_request() -> None:
 
 
 def _authenticate(api_keys: tuple[str, ...]) -> None:
-    """Every route but /health needs `Authorization: Bearer <key>` when keys are set."""
+    """Every route but /health needs `Authorization: Bearer <key>` when keys are set;
+    the Anthropic routes also take `x-api-key: <key>`, as Anthropic clients send it."""
     if not api_keys or request.method == "OPTIONS" or request.path in _OPEN_PATHS:
         return
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    given = token.strip().encode()
+    given = [token.strip()] if scheme.lower() == "bearer" else []
+    how = "'Authorization: Bearer <key>'"
+    if _is_anthropic_route():
+        given.append(request.headers.get("x-api-key", "").strip())
+        how = "'x-api-key: <key>' or " + how
     # Compare with every key, in constant time, so timing reveals nothing about them.
-    matches = [hmac.compare_digest(given, key.encode()) for key in api_keys]
-    if scheme.lower() != "bearer" or not any(matches):
+    matches = [hmac.compare_digest(c.encode(), key.encode()) for c in given for key in api_keys]
+    if not any(matches):
         raise ApiError(
             401,
-            "a valid API key is required: send 'Authorization: Bearer <key>'",
+            f"a valid API key is required: send {how}",
             code="invalid_api_key",
             headers={"WWW-Authenticate": "Bearer"},
         )
@@ -88,7 +100,7 @@ def _finish_response(response: Response, allowed_origins: tuple[str, ...]) -> Re
     origin = request.headers.get("Origin")
     if origin and ("*" in allowed_origins or origin in allowed_origins):
         response.headers["Access-Control-Allow-Origin"] = origin
-        response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
+        response.headers["Access-Control-Allow-Headers"] = _CORS_HEADERS
         response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
         response.headers["Access-Control-Expose-Headers"] = "x-request-id"
         response.headers["Access-Control-Max-Age"] = "600"
@@ -108,7 +120,7 @@ def _finish_response(response: Response, allowed_origins: tuple[str, ...]) -> Re
 
 
 def _error_response(error: ApiError) -> Response:
-    response = jsonify(error.body())
+    response = jsonify(error.anthropic_body() if _is_anthropic_route() else error.body())
     response.status_code = error.status
     response.headers.update(error.headers)
     return response

@@ -10,6 +10,14 @@ _TYPE_BY_STATUS = {
     403: "permission_error",
     429: "rate_limit_error",
 }
+# And as Anthropic clients expect them (its "overloaded_error" is 529; ours is a 503).
+_ANTHROPIC_TYPE_BY_STATUS = {
+    **_TYPE_BY_STATUS,
+    404: "not_found_error",
+    413: "request_too_large",
+    503: "overloaded_error",
+    529: "overloaded_error",
+}
 
 
 class ApiError(Exception):
@@ -35,6 +43,10 @@ class ApiError(Exception):
         """The JSON body: {"error": {"message", "type", "param", "code"}}."""
         return error_body(self.status, self.message, param=self.param, code=self.code)
 
+    def anthropic_body(self) -> dict[str, Any]:
+        """The JSON body on Anthropic routes: {"type": "error", "error": {...}}."""
+        return anthropic_error_body(self.status, self.message)
+
 
 def error_type(status: int) -> str:
     """The OpenAI error type for an HTTP status."""
@@ -48,6 +60,15 @@ def error_body(
 ) -> dict[str, Any]:
     """An OpenAI error object."""
     return {"error": {"message": message, "type": error_type(status), "param": param, "code": code}}
+
+
+def anthropic_error_body(status: int, message: str) -> dict[str, Any]:
+    """An Anthropic error object."""
+    if status in _ANTHROPIC_TYPE_BY_STATUS:
+        kind = _ANTHROPIC_TYPE_BY_STATUS[status]
+    else:
+        kind = "api_error" if status >= 500 else "invalid_request_error"
+    return {"type": "error", "error": {"type": kind, "message": message}}
 
 
 def invalid_request(

@@ -1,0 +1,158 @@
+"""The Anthropic Messages reply: content blocks built from output events, the stream
+events that build them, stop_reason and usage.
+
+Reasoning becomes a "thinking" block (with an empty signature: nothing here signs it),
+content a "text" block, each tool call a "tool_use" block. Blocks follow the order in
+which the model wrote them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import closing
+from dataclasses import dataclass
+from typing import Any
+
+from refserver.api.generation import KeepAlive, Outcome, Pieces, TextPiece
+from refserver.api.message import MessageBuilder
+from refserver.tools import OutputEvent, ReasoningDelta, ToolCallEvent
+
+StreamEvent = tuple[str, dict[str, Any]]  # (event name, data)
+
+
+@dataclass(frozen=True)
+class MessageMeta:
+    id: str
+    model: str
+    input_tokens: int  # the prompt, for message_start before usage is final
+
+    def message(self, **fields: Any) -> dict[str, Any]:
+        header = {"id": self.id, "type": "message", "role": "assistant", "model": self.model}
+        return {**header, **fields}
+
+
+class ContentBlocks:
+    """Events in; ``blocks`` out, and from ``add`` the stream events that build them."""
+
+    def __init__(self) -> None:
+        self.blocks: list[dict[str, Any]] = []
+        self._open: str | None = None  # "text" or "thinking" while such a block is open
+
+    def add(self, event: OutputEvent) -> list[StreamEvent]:
+        if isinstance(event, ToolCallEvent):
+            return self.close() + self._tool_use(event)
+        kind = "thinking" if isinstance(event, ReasoningDelta) else "text"
+        events = []
+        if self._open != kind:
+            events = self.close()
+            self._open = kind
+            empty = {"type": kind, kind: ""} | ({"signature": ""} if kind == "thinking" else {})
+            self.blocks.append(dict(empty))
+            events.append(_block_start(len(self.blocks) - 1, empty))
+        self.blocks[-1][kind] += event.text
+        delta = {"type": f"{kind}_delta", kind: event.text}
+        return [*events, _block_delta(len(self.blocks) - 1, delta)]
+
+    def close(self) -> list[StreamEvent]:
+        """Close the open text or thinking block, if any."""
+        if self._open is None:
+            return []
+        self._open = None
+        return [_block_stop(len(self.blocks) - 1)]
+
+    def _tool_use(self, event: ToolCallEvent) -> list[StreamEvent]:
+        call = event.call
+        index = len(self.blocks)
+        block = {"type": "tool_use", "id": call.id, "name": call.name}
+        self.blocks.append({**block, "input": json.loads(call.arguments)})
+        delta = {"type": "input_json_delta", "partial_json": call.arguments}
+        return [
+            _block_start(index, {**block, "input": {}}),
+            _block_delta(index, delta),
+            _block_stop(index),
+        ]
+
+
+def stop_reason(finish_reason: str, outcome: Outcome) -> str:
+    """end_turn, max_tokens, stop_sequence or tool_use, from the OpenAI finish_reason."""
+    if finish_reason == "tool_calls":
+        return "tool_use"
+    if finish_reason == "length":
+        return "max_tokens"
+    return "stop_sequence" if outcome.stop_sequence else "end_turn"
+
+
+def usage(outcome: Outcome) -> dict[str, int]:
+    """Anthropic counts cached prompt tokens apart from input_tokens."""
+    return {
+        "input_tokens": outcome.prompt_tokens - outcome.cached_tokens,
+        "output_tokens": outcome.completion_tokens,
+        "cache_read_input_tokens": outcome.cached_tokens,
+        "cache_creation_input_tokens": 0,
+    }
+
+
+def message_reply(meta: MessageMeta, pieces: Pieces, builder: MessageBuilder) -> dict[str, Any]:
+    """The whole reply of a non-streamed request."""
+    content = ContentBlocks()
+    outcome: Outcome | None = None
+    with closing(pieces):
+        for item in pieces:
+            if isinstance(item, TextPiece):
+                for event in builder.feed(item.text):
+                    content.add(event)
+            elif isinstance(item, Outcome):
+                outcome = item
+    assert outcome is not None, "generate() ends with an Outcome or raises"
+    for event in builder.finish():
+        content.add(event)
+    return meta.message(
+        content=content.blocks,
+        stop_reason=stop_reason(builder.finish_reason(outcome.finish_reason), outcome),
+        stop_sequence=outcome.stop_sequence,
+        usage=usage(outcome),
+    )
+
+
+def message_events(
+    meta: MessageMeta, pieces: Pieces, builder: MessageBuilder
+) -> Iterator[StreamEvent | KeepAlive]:
+    """The events of a stream: message_start, ping, the blocks, message_delta, message_stop."""
+    start_usage = {"input_tokens": meta.input_tokens, "output_tokens": 0}
+    message = meta.message(content=[], stop_reason=None, stop_sequence=None, usage=start_usage)
+    yield "message_start", {"type": "message_start", "message": message}
+    yield "ping", {"type": "ping"}
+    content = ContentBlocks()
+    with closing(pieces):
+        for item in pieces:
+            if isinstance(item, KeepAlive):
+                yield item
+            elif isinstance(item, TextPiece):
+                for event in builder.feed(item.text):
+                    yield from content.add(event)
+            else:
+                for event in builder.finish():
+                    yield from content.add(event)
+                yield from content.close()
+                reason = stop_reason(builder.finish_reason(item.finish_reason), item)
+                delta = {"stop_reason": reason, "stop_sequence": item.stop_sequence}
+                final = {"type": "message_delta", "delta": delta, "usage": usage(item)}
+                yield "message_delta", final
+                yield "message_stop", {"type": "message_stop"}
+
+
+def _block_start(index: int, block: dict[str, Any]) -> StreamEvent:
+    return "content_block_start", {
+        "type": "content_block_start",
+        "index": index,
+        "content_block": block,
+    }
+
+
+def _block_delta(index: int, delta: dict[str, Any]) -> StreamEvent:
+    return "content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}
+
+
+def _block_stop(index: int) -> StreamEvent:
+    return "content_block_stop", {"type": "content_block_stop", "index": index}

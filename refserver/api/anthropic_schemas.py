@@ -1,0 +1,274 @@
+"""Anthropic Messages request bodies, and their mapping to the chat template's input.
+
+The mapping gives the same internal request as an OpenAI chat: messages in OpenAI form
+(tool results become "tool" messages, tool_use blocks become "tool_calls", thinking
+blocks become "reasoning_content"), tools in OpenAI function form, tool_choice in
+OpenAI form, sampling fields as ``SamplingFields``.
+
+Image and document blocks are replaced by a short text saying they were left out (the
+model reads text only), so an agent conversation that once read an image goes on.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Discriminator, Field, Tag, field_validator, model_validator
+
+from refserver.api.schemas import (
+    Count,
+    SamplingFields,
+    StrictModel,
+    check_stop_strings,
+)
+
+# Tags in error locations are capitalized so that the 400 names only fields.
+_TAGS = {
+    "text": "Text",
+    "tool_use": "ToolUse",
+    "tool_result": "ToolResult",
+    "thinking": "Thinking",
+    "redacted_thinking": "RedactedThinking",
+}
+_NO_TYPE = {
+    "custom_error_type": "block_type",
+    "custom_error_message": 'a content block needs a "type" string',
+}
+_USER_BLOCKS = frozenset(("text", "tool_result", "other"))
+_ASSISTANT_BLOCKS = frozenset(("text", "tool_use", "thinking", "redacted_thinking"))
+
+
+class TextBlock(StrictModel):
+    type: Literal["text"]
+    text: str
+
+
+class ToolUseBlock(StrictModel):
+    type: Literal["tool_use"]
+    id: str
+    name: str
+    input: dict[str, Any]
+
+
+class ThinkingBlock(StrictModel):
+    type: Literal["thinking"]
+    thinking: str
+    signature: str | None = None
+
+
+class RedactedThinkingBlock(StrictModel):
+    type: Literal["redacted_thinking"]
+
+
+class OtherBlock(StrictModel):
+    """An image, a document, or another block a text-only model cannot read."""
+
+    type: str
+
+    def placeholder(self) -> str:
+        return f"[{self.type} omitted: this model reads text only]"
+
+
+def _block_tag(value: Any) -> str | None:
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    if not isinstance(kind, str):
+        return None
+    return _TAGS.get(kind, "Other")
+
+
+def _result_part_tag(value: Any) -> str | None:
+    tag = _block_tag(value)
+    return tag if tag in (None, "Text") else "Other"
+
+
+ResultPart = Annotated[
+    Annotated[TextBlock, Tag("Text")] | Annotated[OtherBlock, Tag("Other")],
+    Discriminator(_result_part_tag, **_NO_TYPE),
+]
+
+
+class ToolResultBlock(StrictModel):
+    type: Literal["tool_result"]
+    tool_use_id: str
+    content: str | list[ResultPart] | None = None
+    is_error: bool | None = None
+
+    def text(self) -> str:
+        return _text_of(self.content or "")
+
+
+Block = Annotated[
+    Annotated[TextBlock, Tag("Text")]
+    | Annotated[ToolUseBlock, Tag("ToolUse")]
+    | Annotated[ToolResultBlock, Tag("ToolResult")]
+    | Annotated[ThinkingBlock, Tag("Thinking")]
+    | Annotated[RedactedThinkingBlock, Tag("RedactedThinking")]
+    | Annotated[OtherBlock, Tag("Other")],
+    Discriminator(_block_tag, **_NO_TYPE),
+]
+
+
+def _text_of(content: str | list[Any]) -> str:
+    """Text blocks joined by newlines; other blocks as placeholders."""
+    if isinstance(content, str):
+        return content
+    parts = [b.text if isinstance(b, TextBlock) else b.placeholder() for b in content]
+    return "\n".join(parts)
+
+
+class Message(StrictModel):
+    role: Literal["user", "assistant"]
+    content: str | list[Block]
+
+    @model_validator(mode="after")
+    def _blocks_fit_the_role(self) -> Message:
+        allowed = _USER_BLOCKS if self.role == "user" else _ASSISTANT_BLOCKS
+        for block in self.content if isinstance(self.content, list) else ():
+            kind = block.type if block.type in _TAGS else "other"
+            if kind not in allowed:
+                raise ValueError(f"{self.role} messages cannot hold {block.type} blocks")
+        return self
+
+    def to_template(self) -> list[dict[str, Any]]:
+        """The chat-template messages: a user message may also yield "tool" messages."""
+        if isinstance(self.content, str):
+            return [{"role": self.role, "content": self.content}]
+        if self.role == "assistant":
+            return [self._assistant()]
+        return self._user()
+
+    def _assistant(self) -> dict[str, Any]:
+        blocks = self.content
+        text = "\n".join(b.text for b in blocks if isinstance(b, TextBlock))
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        thinking = "\n".join(b.thinking for b in blocks if isinstance(b, ThinkingBlock))
+        if thinking:
+            message["reasoning_content"] = thinking
+        calls = [
+            {"id": b.id, "type": "function", "function": {"name": b.name, "arguments": b.input}}
+            for b in blocks
+            if isinstance(b, ToolUseBlock)
+        ]
+        if calls:
+            message["tool_calls"] = calls
+        return message
+
+    def _user(self) -> list[dict[str, Any]]:
+        """Tool results and text in their order; consecutive text blocks make one message."""
+        messages: list[dict[str, Any]] = []
+        texts: list[Any] = []
+        for block in self.content:
+            if isinstance(block, ToolResultBlock):
+                if texts:
+                    messages.append({"role": "user", "content": _text_of(texts)})
+                    texts = []
+                result = {"role": "tool", "tool_call_id": block.tool_use_id}
+                messages.append({**result, "content": block.text()})
+            else:
+                texts.append(block)
+        if texts or not messages:
+            messages.append({"role": "user", "content": _text_of(texts)})
+        return messages
+
+
+class Tool(StrictModel):
+    name: str = Field(min_length=1, max_length=256)
+    description: str | None = None
+    input_schema: dict[str, Any] | None = None
+    type: str | None = None
+
+    @model_validator(mode="after")
+    def _client_tool(self) -> Tool:
+        if self.type not in (None, "custom"):
+            raise ValueError(f"server tools such as {self.type!r} are not supported here")
+        if self.input_schema is None:
+            raise ValueError("a tool needs an input_schema object")
+        return self
+
+    def to_template(self) -> dict[str, Any]:
+        function = {"name": self.name, "parameters": self.input_schema}
+        if self.description is not None:
+            function["description"] = self.description
+        return {"type": "function", "function": function}
+
+
+class ToolChoice(StrictModel):
+    type: Literal["auto", "any", "tool", "none"]
+    name: str | None = None
+    disable_parallel_tool_use: bool | None = None
+
+    @model_validator(mode="after")
+    def _name_for_tool(self) -> ToolChoice:
+        if self.type == "tool" and not self.name:
+            raise ValueError('a tool_choice of type "tool" needs a "name"')
+        return self
+
+    def to_openai(self) -> Any:
+        """The equivalent OpenAI tool_choice."""
+        if self.type == "tool":
+            return {"type": "function", "function": {"name": self.name}}
+        return {"auto": "auto", "any": "required", "none": "none"}[self.type]
+
+
+class Thinking(StrictModel):
+    type: Literal["enabled", "disabled", "adaptive"]
+    budget_tokens: int | None = None
+
+
+class CountTokensRequest(StrictModel):
+    """The body of /v1/messages/count_tokens: everything that makes up the prompt."""
+
+    model: str | None = None
+    messages: list[Message] = Field(min_length=1)
+    system: str | list[TextBlock] | None = None
+    tools: list[Tool] | None = Field(None, max_length=1024)
+    tool_choice: ToolChoice | None = None
+    thinking: Thinking | None = None
+
+    def template_messages(self) -> list[dict[str, Any]]:
+        """The conversation as the chat template takes it, system prompt first."""
+        messages = []
+        if self.system:
+            messages.append({"role": "system", "content": _text_of(self.system)})
+        for message in self.messages:
+            messages += message.to_template()
+        return messages
+
+    def template_tools(self) -> list[dict[str, Any]]:
+        return [tool.to_template() for tool in self.tools or []]
+
+    def openai_tool_choice(self) -> Any:
+        return None if self.tool_choice is None else self.tool_choice.to_openai()
+
+    @property
+    def parallel_tool_calls(self) -> bool:
+        return not (self.tool_choice and self.tool_choice.disable_parallel_tool_use)
+
+    def template_kwargs(self) -> dict[str, Any] | None:
+        """enable_thinking from "thinking"; absent leaves the server's default."""
+        if self.thinking is None:
+            return None
+        return {"enable_thinking": self.thinking.type != "disabled"}
+
+
+class MessagesRequest(CountTokensRequest):
+    """The body of /v1/messages."""
+
+    max_tokens: Count
+    stop_sequences: list[str] | None = None
+    temperature: float | None = Field(None, ge=0, le=1)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=0, le=2**31 - 1)
+    stream: bool | None = None
+
+    @field_validator("stop_sequences")
+    @classmethod
+    def _stop_sequences(cls, stops: list[str] | None) -> list[str] | None:
+        check_stop_strings(stops or [])
+        return stops
+
+    def sampling(self) -> SamplingFields:
+        """The sampling fields of the engine request, as an OpenAI request has them."""
+        fields = {"max_tokens": self.max_tokens, "stop": self.stop_sequences}
+        fields |= {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k}
+        return SamplingFields.model_validate(fields)

@@ -1,0 +1,341 @@
+"""The Anthropic Messages API against the fake engine with scripted output: request
+mapping through the tiny model's chat template, content blocks, stop reasons, usage,
+SSE events, count_tokens, errors and auth."""
+
+# ruff: noqa: F401, F811 (pytest fixtures imported from agent_fakes)
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from agent_fakes import prompt_of, scripted, tiny_tokenizer, tool_block
+from api_fakes import FakeEngine, settings
+
+from refserver.api import create_app
+from refserver.engine.interface import NotReadyError, QueueFullError
+
+MESSAGES = "/v1/messages"
+COUNT = "/v1/messages/count_tokens"
+USER = [{"role": "user", "content": "Read the notes."}]
+TOOLS = [
+    {
+        "name": "read_file",
+        "description": "Read a file",
+        "input_schema": {
+            "type": "object",
+            "properties": {"path": {"type": "string"}, "limit": {"type": "integer"}},
+        },
+    }
+]
+CALL = tool_block(("read_file", {"path": "/ tmp/ notes. md", "limit": "10"}))
+OUTPUT = "\nLet me look.\n</think>\n\nReading it now.\n" + CALL
+
+
+def _post(client, **fields):
+    return client.post(MESSAGES, json={"max_tokens": 200, "messages": USER, **fields})
+
+
+def _sse(response) -> list[tuple[str, dict]]:
+    """(event name, data) pairs of an Anthropic SSE body."""
+    events = []
+    for block in response.get_data(as_text=True).split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        if "event" in lines:
+            events.append((lines["event"], json.loads(lines["data"])))
+    return events
+
+
+def test_thinking_text_and_tool_use_blocks(tiny_tokenizer):
+    client, _ = scripted(tiny_tokenizer, OUTPUT)
+    body = _post(client, tools=TOOLS).get_json()
+    assert body["id"].startswith("msg_") and body["type"] == "message"
+    assert body["role"] == "assistant" and body["model"] == "tiny-test-model"
+    thinking, text, tool_use = body["content"]
+    assert thinking == {"type": "thinking", "thinking": "Let me look.", "signature": ""}
+    assert text == {"type": "text", "text": "Reading it now."}
+    assert tool_use["type"] == "tool_use" and tool_use["id"].startswith("call_")
+    assert (tool_use["name"], tool_use["input"]) == (
+        "read_file",
+        {"path": "/tmp/notes.md", "limit": 10},
+    )
+    assert (body["stop_reason"], body["stop_sequence"]) == ("tool_use", None)
+    tokens = len(tiny_tokenizer.encode(OUTPUT, add_special_tokens=False)) + 1  # and EOS
+    assert body["usage"]["output_tokens"] == tokens
+    assert body["usage"]["input_tokens"] > 0 and body["usage"]["cache_read_input_tokens"] == 0
+
+
+def test_stream_events(tiny_tokenizer):
+    client, _ = scripted(tiny_tokenizer, OUTPUT)
+    events = _sse(_post(client, tools=TOOLS, stream=True))
+    assert all(name == data["type"] for name, data in events)
+    names = [name for name, _ in events]
+    assert names[:2] == ["message_start", "ping"] and names[-2:] == [
+        "message_delta",
+        "message_stop",
+    ]
+    start = events[0][1]["message"]
+    assert start["content"] == [] and start["stop_reason"] is None
+    assert start["usage"]["input_tokens"] > 0
+    blocks = [(d["index"], d["content_block"]) for n, d in events if n == "content_block_start"]
+    assert [(i, b["type"]) for i, b in blocks] == [(0, "thinking"), (1, "text"), (2, "tool_use")]
+    assert blocks[2][1]["input"] == {}
+    stops = [d["index"] for n, d in events if n == "content_block_stop"]
+    assert stops == [0, 1, 2]
+    deltas = [(d["index"], d["delta"]) for n, d in events if n == "content_block_delta"]
+    assert "".join(d["thinking"] for i, d in deltas if i == 0) == "Let me look."
+    assert "".join(d["text"] for i, d in deltas if i == 1) == "Reading it now."
+    (tool_delta,) = [d for i, d in deltas if i == 2]
+    assert tool_delta["type"] == "input_json_delta"
+    assert json.loads(tool_delta["partial_json"]) == {"path": "/tmp/notes.md", "limit": 10}
+    final = events[-2][1]
+    assert final["delta"] == {"stop_reason": "tool_use", "stop_sequence": None}
+    assert final["usage"]["output_tokens"] > 0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(
+    "output, fields, reason, sequence",
+    [
+        ("</think>Hello there.", {}, "end_turn", None),
+        (
+            "</think>Hello there. The end.",
+            {"stop_sequences": ["The end"]},
+            "stop_sequence",
+            "The end",
+        ),
+        ("</think>Hello there, a long answer.", {"max_tokens": 6}, "max_tokens", None),
+        ("</think>Let me read." + CALL, {"max_tokens": 12}, "max_tokens", None),
+    ],
+)
+def test_stop_reasons(tiny_tokenizer, stream, output, fields, reason, sequence):
+    client, _ = scripted(tiny_tokenizer, output)
+    response = _post(client, tools=TOOLS, stream=stream, **fields)
+    if stream:
+        final = [data for name, data in _sse(response) if name == "message_delta"][-1]["delta"]
+    else:
+        final = response.get_json()
+    assert (final["stop_reason"], final["stop_sequence"]) == (reason, sequence)
+
+
+def test_a_cut_tool_call_is_kept_as_text(tiny_tokenizer):
+    client, _ = scripted(tiny_tokenizer, "</think>Let me read." + CALL)
+    body = _post(client, tools=TOOLS, max_tokens=12).get_json()
+    (text,) = body["content"]
+    assert text["type"] == "text" and text["text"].startswith("Let me read.<minimax:tool_call>")
+
+
+def test_conversation_maps_to_the_chat_template(tiny_tokenizer):
+    client, engine = scripted(tiny_tokenizer, "</think>Done.")
+    messages = [
+        {"role": "user", "content": [{"type": "text", "text": "Read it.", "cache_control": {}}]},
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "thinking", "thinking": "Need the file.", "signature": "sig"},
+                {"type": "text", "text": "Reading."},
+                {"type": "tool_use", "id": "toolu_1", "name": "read_file", "input": {"path": "/a"}},
+            ],
+        },
+        {
+            "role": "user",
+            "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_1", "content": "line one"},
+                {"type": "tool_result", "tool_use_id": "toolu_2", "content": [{"type": "image"}]},
+                {"type": "text", "text": "Summarize."},
+            ],
+        },
+    ]
+    system = [{"type": "text", "text": "You are terse."}, {"type": "text", "text": "Be kind."}]
+    response = _post(client, system=system, messages=messages, tools=TOOLS)
+    assert response.status_code == 200
+    prompt = prompt_of(engine, tiny_tokenizer)
+    assert prompt.startswith("]~!b[]~b]system\nYou are terse.\nBe kind.\n\n# Tools")
+    assert '"name": "read_file"' in prompt and '"description": "Read a file"' in prompt
+    assert "]~b]user\nRead it.[e~[" in prompt
+    # The template keeps reasoning only after the last user text (so not here).
+    assert (
+        "]~b]ai\nReading.\n<minimax:tool_call>\n"
+        '<invoke name="read_file">\n<parameter name="path">/a</parameter>\n</invoke>\n'
+        "</minimax:tool_call>[e~[" in prompt
+    )
+    assert (
+        "]~b]tool\n<response>line one</response>\n"
+        "<response>[image omitted: this model reads text only]</response>[e~[\n"
+        "]~b]user\nSummarize.[e~[\n]~b]ai\n<think>\n"
+    ) in prompt
+
+
+def test_thinking_is_rendered_back_within_a_tool_loop(tiny_tokenizer):
+    client, engine = scripted(tiny_tokenizer, "</think>Done.")
+    thinking = {"type": "thinking", "thinking": "Need the file.", "signature": ""}
+    use = {"type": "tool_use", "id": "toolu_1", "name": "read_file", "input": {"path": "/a"}}
+    result = {"type": "tool_result", "tool_use_id": "toolu_1", "content": "x"}
+    messages = [
+        *USER,
+        {"role": "assistant", "content": [thinking, use]},
+        {"role": "user", "content": [result]},
+    ]
+    assert _post(client, messages=messages, tools=TOOLS).status_code == 200
+    prompt = prompt_of(engine, tiny_tokenizer)
+    assert "]~b]ai\n<think>\nNeed the file.\n</think>\n\n\n<minimax:tool_call>" in prompt
+
+
+@pytest.mark.parametrize(
+    "tool_choice, rendered, hint",
+    [
+        ({"type": "auto"}, True, None),
+        ({"type": "any"}, True, "You must call at least one of the provided tools."),
+        ({"type": "tool", "name": "read_file"}, True, "You must call the tool `read_file`."),
+        ({"type": "auto", "disable_parallel_tool_use": True}, True, "Call at most one tool"),
+        ({"type": "none"}, False, None),
+    ],
+)
+def test_tool_choice(tiny_tokenizer, tool_choice, rendered, hint):
+    client, engine = scripted(tiny_tokenizer, "</think>ok")
+    assert _post(client, tools=TOOLS, tool_choice=tool_choice).status_code == 200
+    prompt = prompt_of(engine, tiny_tokenizer)
+    assert ("<tools>" in prompt) is rendered
+    assert hint is None or hint in prompt
+
+
+@pytest.mark.parametrize("kind, opens", [("enabled", True), ("disabled", False)])
+def test_thinking_switches_the_template(tiny_tokenizer, kind, opens):
+    client, engine = scripted(tiny_tokenizer, "Hi.")
+    thinking = {"type": kind, "budget_tokens": 1024} if kind == "enabled" else {"type": kind}
+    body = _post(client, thinking=thinking).get_json()
+    assert prompt_of(engine, tiny_tokenizer).endswith("<think>\n") is opens
+    assert body["content"][0]["type"] == ("thinking" if opens else "text")
+
+
+def test_sampling_fields_reach_the_engine(tiny_tokenizer):
+    client, engine = scripted(tiny_tokenizer, "</think>ok")
+    _post(client, max_tokens=33, temperature=0.5, top_p=0.9, top_k=7)
+    request = engine.requests[-1]
+    assert request.max_tokens == 33
+    sampling = request.sampling
+    assert (sampling.temperature, sampling.top_p, sampling.top_k) == (0.5, 0.9, 7)
+
+
+def test_count_tokens_equals_the_prompt_of_the_same_request(tiny_tokenizer):
+    client, engine = scripted(tiny_tokenizer, "</think>ok")
+    fields = {"system": "Be terse.", "messages": USER, "tools": TOOLS}
+    counted = client.post(COUNT, json={"model": "claude-x", **fields}).get_json()
+    body = client.post(MESSAGES, json={"max_tokens": 10, **fields}).get_json()
+    assert counted == {"input_tokens": len(engine.requests[-1].prompt_tokens)}
+    assert body["usage"]["input_tokens"] == counted["input_tokens"]
+
+
+def _error(response, status, kind):
+    assert response.status_code == status, response.get_data(as_text=True)
+    body = response.get_json()
+    assert body["type"] == "error" and body["error"]["type"] == kind
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    return body["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "body, words",
+    [
+        ({"messages": USER}, "max_tokens"),
+        ({"max_tokens": 0, "messages": USER}, "max_tokens"),
+        ({"max_tokens": 5, "messages": []}, "messages"),
+        ({"max_tokens": 5, "messages": [{"role": "system", "content": "x"}]}, "messages[0].role"),
+        ({"max_tokens": 5, "messages": USER, "temperature": 1.5}, "temperature"),
+        ({"max_tokens": 5, "messages": USER, "stop_sequences": ["x"] * 17}, "stop_sequences"),
+        ({"max_tokens": 5, "messages": [{"role": "user", "content": [{"text": "x"}]}]}, "content"),
+        (
+            {"max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "text"}]}]},
+            "messages[0].content[0].text",
+        ),
+        (
+            {
+                "max_tokens": 5,
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "tool_use", "id": "a", "name": "f", "input": {}}],
+                    }
+                ],
+            },
+            "tool_use",
+        ),
+        (
+            {
+                "max_tokens": 5,
+                "messages": USER,
+                "tools": [{"type": "web_search_20250305", "name": "w"}],
+            },
+            "tools[0]",
+        ),
+        ({"max_tokens": 5, "messages": USER, "tool_choice": {"type": "tool"}}, "name"),
+        ({"max_tokens": 5, "messages": USER, "tool_choice": {"type": "any"}}, "tools"),
+        ({"max_tokens": 10**6, "messages": USER}, "max_tokens"),
+    ],
+)
+def test_invalid_requests_are_anthropic_400s(tiny_tokenizer, body, words):
+    client, engine = scripted(tiny_tokenizer, "x")
+    message = _error(client.post(MESSAGES, json=body), 400, "invalid_request_error")
+    assert words in message
+    assert engine.requests == []
+
+
+def test_bad_json_and_routing_errors(tiny_tokenizer):
+    client, _ = scripted(tiny_tokenizer, "x")
+    bad = client.post(MESSAGES, data=b"{", headers={"Content-Type": "application/json"})
+    _error(bad, 400, "invalid_request_error")
+    _error(client.get(MESSAGES), 405, "invalid_request_error")
+    _error(client.post(MESSAGES + "/nope", json={}), 404, "not_found_error")
+    big = client.post(COUNT, data=b"x" * (17 * 2**20), headers={"Content-Type": "text/plain"})
+    _error(big, 413, "request_too_large")
+
+
+@pytest.mark.parametrize(
+    "error, status, kind",
+    [
+        (QueueFullError("busy", retry_after_seconds=3), 429, "rate_limit_error"),
+        (NotReadyError("loading"), 503, "overloaded_error"),
+    ],
+)
+def test_engine_refusals(tiny_tokenizer, error, status, kind):
+    client, engine = scripted(tiny_tokenizer, "x")
+    engine.submit_error = error
+    _error(_post(client), status, kind)
+
+
+def test_failure_mid_stream_is_an_error_event(tiny_tokenizer):
+    engine = FakeEngine(tiny_tokenizer.encode("</think>Hello there friend"), fail_after=4)
+    client = create_app(engine, tiny_tokenizer, settings(context_length=4096)).test_client()
+    events = _sse(_post(client, stream=True))
+    name, data = events[-1]
+    assert name == "error" and data["type"] == "error"
+    assert data["error"] == {"type": "overloaded_error", "message": "rank 1 was lost"}
+    assert "message_stop" not in [n for n, _ in events]
+
+
+def test_non_streamed_failure_is_an_anthropic_503(tiny_tokenizer):
+    engine = FakeEngine(tiny_tokenizer.encode("</think>Hello"), fail_after=1)
+    client = create_app(engine, tiny_tokenizer, settings(context_length=4096)).test_client()
+    _error(_post(client), 503, "overloaded_error")
+
+
+@pytest.mark.parametrize(
+    "headers, status",
+    [
+        ({"x-api-key": "sk-test"}, 200),
+        ({"Authorization": "Bearer sk-test"}, 200),
+        ({"x-api-key": "wrong"}, 401),
+        ({"x-api-key": "sk-test-and-more"}, 401),
+        ({"Authorization": "Bearer wrong", "x-api-key": ""}, 401),
+        ({}, 401),
+    ],
+)
+def test_auth_takes_x_api_key_or_bearer(tiny_tokenizer, headers, status):
+    client, engine = scripted(tiny_tokenizer, "</think>ok", api_keys=("sk-test",))
+    for path in (MESSAGES, COUNT):
+        response = client.post(path, json={"max_tokens": 5, "messages": USER}, headers=headers)
+        if status == 401:
+            assert "x-api-key" in _error(response, 401, "authentication_error")
+        else:
+            assert response.status_code == 200
+    assert len(engine.requests) == (1 if status == 200 else 0)
