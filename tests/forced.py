@@ -22,7 +22,9 @@ FORCED_OUTPUT_DIR = Path(__file__).parent / "forced_output"
 class ForcedCluster:
     """A ServerCluster (``.server``) with scripted output, as a context manager."""
 
-    def __init__(self, world_size: int, model_dir: Path, work_dir: Path):
+    def __init__(
+        self, world_size: int, model_dir: Path, work_dir: Path, extra_args: tuple[str, ...] = ()
+    ):
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         self._file = work_dir / "forced-tokens.json"
         self._config = {"tokenizer": str(model_dir / "tokenizer.json"), "scripts": {}}
@@ -32,7 +34,7 @@ class ForcedCluster:
             "REFSERVER_TEST_FORCED_TOKENS": str(self._file),
             "PYTHONPATH": os.pathsep.join(filter(None, python_path)),
         }
-        self.server = ServerCluster(world_size, model_dir, env=env)
+        self.server = ServerCluster(world_size, model_dir, extra_args=extra_args, env=env)
 
     def __enter__(self) -> ForcedCluster:
         self.server.start()
