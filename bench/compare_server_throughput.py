@@ -56,7 +56,9 @@ def stream_times(address, tokens: int, eos_id: int) -> tuple[int, list[float]]:
             chunk = json.loads(line[6:])
             if chunk.get("usage"):
                 completion = chunk["usage"]["completion_tokens"]
-            if chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
+            delta = chunk["choices"][0]["delta"] if chunk.get("choices") else {}
+            # The template opens <think>: a random model's text arrives as reasoning.
+            if delta.get("content") or delta.get("reasoning_content"):
                 times.append(time.perf_counter())
     connection.close()
     return completion, times

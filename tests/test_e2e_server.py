@@ -9,6 +9,7 @@ import threading
 import openai
 import pytest
 
+from refserver.tools import parse_output
 from simcluster.parity import reference_tokens
 from simcluster.serve import ServerCluster
 
@@ -59,6 +60,18 @@ def expected_text(tiny_model, tokenizer, prompt: list[int], max_tokens: int) -> 
     return tokenizer.decode(tokens)
 
 
+def as_message(text: str) -> tuple[str, str]:
+    """(reasoning_content, content) the server makes of a raw text: the chat template
+    opens <think>, so a random model's text is reasoning up to a </think>, if any."""
+    parsed = parse_output(text, parse_tool_calls=False, starts_in_reasoning=True)
+    return parsed.reasoning, parsed.content
+
+
+def message_of(response) -> tuple[str, str]:
+    message = response.choices[0].message
+    return (message.model_extra.get("reasoning_content") or ""), message.content
+
+
 def ask(client, text: str, max_tokens: int = 48, **kwargs):
     return client.chat.completions.create(
         model="default_model",
@@ -80,7 +93,7 @@ def test_chat_matches_single_process_greedy(client, tiny_model, tokenizer):
     response = ask(client, PROMPTS[0])
     choice = response.choices[0]
     assert choice.message.role == "assistant"
-    assert choice.message.content == expected_text(tiny_model, tokenizer, prompt, 48)
+    assert message_of(response) == as_message(expected_text(tiny_model, tokenizer, prompt, 48))
     assert response.usage.prompt_tokens == len(prompt)
     assert response.usage.prompt_tokens_details.cached_tokens == 0
     assert choice.finish_reason in ("stop", "length")
@@ -94,9 +107,11 @@ def test_stream_with_usage(client, tiny_model, tokenizer):
     assert sum(1 for f in finishes if f) == 1
     assert chunks[0].choices[0].delta.role == "assistant"
     assert all(c.choices[0].delta.role is None for c in chunks[1:] if c.choices)
-    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    content = "".join(d.content or "" for d in deltas)
+    reasoning = "".join(d.model_extra.get("reasoning_content") or "" for d in deltas)
     prompt = chat_prompt(tokenizer, PROMPTS[1])
-    assert text == expected_text(tiny_model, tokenizer, prompt, 48)
+    assert (reasoning, content) == as_message(expected_text(tiny_model, tokenizer, prompt, 48))
 
 
 def test_completions(client, tiny_model, tokenizer):
@@ -121,15 +136,15 @@ def test_stop_string_across_token_boundary(client, tiny_model, tokenizer):
     stop = pieces[boundary + 1][len(pieces[boundary]) - 1 : len(pieces[boundary]) + 1]
     before = pieces[boundary + 1][: pieces[boundary + 1].index(stop)]
     response = ask(client, PROMPTS[3], max_tokens=40, stop=[stop])
-    assert response.choices[0].message.content == before
+    assert message_of(response) == as_message(before)
     assert response.choices[0].finish_reason == "stop"
 
 
 def test_concurrent_requests_each_equal_their_greedy_answer(client, tiny_model, tokenizer):
-    results: dict[int, str] = {}
+    results: dict[int, tuple[str, str]] = {}
 
     def run(index: int) -> None:
-        results[index] = ask(client, PROMPTS[index], max_tokens=32).choices[0].message.content
+        results[index] = message_of(ask(client, PROMPTS[index], max_tokens=32))
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(PROMPTS))]
     for thread in threads:
@@ -139,7 +154,7 @@ def test_concurrent_requests_each_equal_their_greedy_answer(client, tiny_model, 
     assert sorted(results) == list(range(len(PROMPTS)))
     for index, text in results.items():
         prompt = chat_prompt(tokenizer, PROMPTS[index])
-        assert text == expected_text(tiny_model, tokenizer, prompt, 32), index
+        assert text == as_message(expected_text(tiny_model, tokenizer, prompt, 32)), index
 
 
 def test_disconnect_mid_stream_then_normal_request(server, client, tiny_model, tokenizer):
@@ -164,4 +179,4 @@ def test_disconnect_mid_stream_then_normal_request(server, client, tiny_model, t
     # The socket is closed mid-stream here.
     response = ask(client, PROMPTS[2])
     prompt = chat_prompt(tokenizer, PROMPTS[2])
-    assert response.choices[0].message.content == expected_text(tiny_model, tokenizer, prompt, 48)
+    assert message_of(response) == as_message(expected_text(tiny_model, tokenizer, prompt, 48))
