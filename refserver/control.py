@@ -22,6 +22,10 @@ log = logging.getLogger(__name__)
 
 _HEADER = struct.Struct("!I")
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# A hello (rank, token, a few facts) is small; anything larger is a stranger.
+MAX_HELLO_BYTES = 64 * 1024
+# How long rank 0 waits for a connecting peer's hello.
+HELLO_TIMEOUT = 5.0
 
 
 class ControlError(ConnectionError):
@@ -46,14 +50,18 @@ class Channel:
         except OSError as exc:
             raise ControlError(f"send to {self.peer} failed: {exc}") from exc
 
-    def recv(self, timeout: float | None = None) -> dict:
-        """Block until a whole message arrives (or `timeout` seconds pass)."""
-        self.sock.settimeout(timeout)
+    def recv(self, timeout: float | None = None, max_bytes: int = MAX_MESSAGE_BYTES) -> dict:
+        """Block until a whole message arrives (or `timeout` seconds pass in all).
+
+        The timeout bounds the whole message, so a peer trickling bytes cannot hold
+        the reader for longer; a message over `max_bytes` is refused unread.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            (size,) = _HEADER.unpack(self._read_exact(_HEADER.size))
-            if size > MAX_MESSAGE_BYTES:
+            (size,) = _HEADER.unpack(self._read_exact(_HEADER.size, deadline))
+            if size > max_bytes:
                 raise ControlError(f"{self.peer} sent a {size}-byte message")
-            message = json.loads(self._read_exact(size))
+            message = json.loads(self._read_exact(size, deadline))
         except TimeoutError as exc:
             raise ControlError(f"no message from {self.peer} within {timeout} s") from exc
         except (OSError, ValueError) as exc:
@@ -62,9 +70,16 @@ class Channel:
             raise ControlError(f"{self.peer} sent a non-object message")
         return message
 
-    def _read_exact(self, size: int) -> bytes:
+    def _read_exact(self, size: int, deadline: float | None) -> bytes:
         chunks = []
         while size:
+            if deadline is None:
+                self.sock.settimeout(None)
+            else:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError
+                self.sock.settimeout(remaining)
             chunk = self.sock.recv(min(size, 1 << 20))
             if not chunk:
                 raise ControlError(f"{self.peer} closed the connection")
@@ -158,6 +173,7 @@ def accept_peers(
             channel.close()
             _refuse_all(channels, error)
             raise ControlError(error)
+        channel.peer = f"rank {rank} at {channel.peer}"
         channels[rank] = channel
     for channel in channels.values():
         channel.send({"type": "welcome"})
@@ -171,7 +187,7 @@ def _admit(channel, host, world_size, allowed_hosts, token, channels) -> int | N
         channel.close()
         return None
     try:
-        hello = channel.recv(timeout=5.0)
+        hello = channel.recv(timeout=HELLO_TIMEOUT, max_bytes=MAX_HELLO_BYTES)
     except ControlError as exc:
         log.warning("refused control connection from %s: %s", channel.peer, exc)
         channel.close()
