@@ -72,6 +72,9 @@ def run_follower(cluster: Cluster) -> int:
             executor.run(item)
             if config.rank == 1 and not isinstance(item, Release):
                 leader.send({"type": "done"})
+        except ControlError as exc:
+            lost(f"rank 0 lost: {exc}")
+            return 1
         except Exception as exc:
             log.exception("work item failed")
             try:

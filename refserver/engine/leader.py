@@ -62,7 +62,9 @@ class PipelineEngine:
         self._failure: str | None = None
         self._loading = True
         self._draining = False
-        self._stop_beats = threading.Event()
+        # Set when rank 0 stops the cluster cleanly: heartbeats end, and peers that
+        # leave after that are no failure.
+        self._stopped = threading.Event()
         self.watchdog = StepWatchdog(config.step_timeout, self.fail)
         # Rank 1 says "done" when it has sent a step's hidden states; rank 0 then
         # receives at once instead of busy-polling the ring while rank 1 computes.
@@ -122,9 +124,13 @@ class PipelineEngine:
 
     # -- failure and shutdown ----------------------------------------------
     def fail(self, reason: str) -> None:
-        """A rank is lost: fail every request, turn /health 503, end every rank."""
+        """A rank is lost: fail every request, turn /health 503, end every rank.
+
+        `reason` reaches clients and /health, so it names the rank but carries no
+        exception text; the callers log the details.
+        """
         with self._lock:
-            if self._failure:
+            if self._failure or self._stopped.is_set():
                 return
             self._failure = reason
             streams = list(self._streams.values())
@@ -157,10 +163,11 @@ class PipelineEngine:
                 raise ControlError(error)
         self._tell_peers({"type": "start"})
         interval = self.cluster.config.heartbeat_interval
-        send_heartbeats(list(self.peers.values()), interval, self._stop_beats)
+        send_heartbeats(list(self.peers.values()), interval, self._stopped)
+        timeout = self.cluster.config.heartbeat_timeout
         for rank, channel in self.peers.items():
             on_done = self._upstream_done.release if rank == 1 else None
-            watch_peer(rank, channel, self.cluster.config.heartbeat_timeout, self.fail, on_done)
+            watch_peer(rank, channel, timeout, self.fail, self._stopped, on_done)
         self._loading = False
         log.info("all %d rank(s) loaded; ready", self.cluster.world_size)
 
@@ -178,11 +185,20 @@ class PipelineEngine:
                         self.scheduler.fail_all("the server shut down before this finished")
                         break
                 self._step()
+        except ControlError as exc:
+            log.error("the control plane failed: %s", exc)
+            self.fail("a rank was lost")
         except Exception as exc:  # any failure here leaves the ranks out of step
-            log.exception("engine loop failed")
+            if self._failure is None:
+                log.exception("engine loop failed")
+            else:  # a lost rank broke the ring; the reason is logged already
+                log.error("engine loop stopped: %s: %s", type(exc).__name__, exc)
             self.fail(f"internal error on rank 0 ({type(exc).__name__})")
-            self._block_until_exit()
-        self._stop_beats.set()
+        with self._lock:
+            if self._failure is None:
+                self._stopped.set()
+        if not self._stopped.is_set():
+            self._block_until_exit()  # fail() ends the process with a non-zero code
         self._tell_peers({"type": "shutdown"})
         return 0
 

@@ -76,10 +76,13 @@ def watch_peer(
     channel: Channel,
     timeout: float,
     on_lost: Callable[[str], None],
+    stopped: threading.Event,
     on_done: Callable[[], None] | None = None,
 ) -> None:
     """Start a thread that reads a peer's messages; silence or EOF means it is lost.
 
+    `on_lost` gets a short reason naming the rank (clients see it); the details
+    are logged here. Once `stopped` is set, the peer leaving is expected.
     `on_done` is called for each "done" (the peer finished a step and sent its output).
     """
 
@@ -88,13 +91,16 @@ def watch_peer(
             try:
                 message = channel.recv(timeout=timeout)
             except ControlError as exc:
-                on_lost(f"rank {rank} lost: {exc}")
+                if not stopped.is_set():
+                    log.error("rank %d lost: %s", rank, exc)
+                    on_lost(f"rank {rank} lost")
                 return
             kind = message.get("type")
             if kind == "done" and on_done is not None:
                 on_done()
             elif kind == "failed":
-                on_lost(f"rank {rank} failed: {message.get('error', 'unknown error')}")
+                log.error("rank %d failed: %s", rank, message.get("error", "unknown error"))
+                on_lost(f"rank {rank} failed")
                 return
 
     threading.Thread(target=read, name=f"watch-rank-{rank}", daemon=True).start()
