@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import struct
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,11 +62,11 @@ def start(config: ClusterConfig) -> Cluster:
     """Bring this rank up; raise StartupError with an actionable message on failure."""
     try:
         model_path, model_config, split = _resolve(config)
+        weight_files = _ensure_weights(config.model, model_path, split.layer_range(config.rank))
+        facts = _facts(model_path, split, weight_files)
     except (SplitError, StartupError, OSError, ValueError) as exc:
         report_failure(config, str(exc))
         raise StartupError(str(exc)) from exc
-    weight_files = _ensure_weights(config.model, model_path, split.layer_range(config.rank))
-    facts = cluster_facts(model_path, str(split), weight_files)
     channels: dict[int, Channel] = {}
     group = None
     if config.world_size > 1:
@@ -101,6 +102,16 @@ def _resolve(config: ClusterConfig) -> tuple[Path, dict, PipelineSplit]:
         config.split_text, config.world_size, model_config["num_hidden_layers"]
     )
     return model_path, model_config, split
+
+
+def _facts(model_path: Path, split: PipelineSplit, weight_files: list[str] | None) -> dict:
+    try:
+        return cluster_facts(model_path, str(split), weight_files)
+    except (OSError, ValueError, struct.error) as exc:
+        raise StartupError(
+            f"cannot read the model weights in {model_path} ({type(exc).__name__}: {exc}); "
+            "is a safetensors file truncated or corrupt?"
+        ) from exc
 
 
 def metadata_path(model: str) -> Path:
