@@ -17,36 +17,64 @@ from .logs import setup_logging
 
 log = logging.getLogger("refserver")
 
+ENVIRONMENT = """\
+environment: MLX_RANK and MLX_HOSTFILE (set by mlx.launch) place this rank;
+MINIMAX_PIPELINE_SPLIT lists the layers per rank, rank 0 first;
+REFSERVER_API_KEY adds comma-separated API keys to --api-key;
+REFSERVER_CLUSTER_TOKEN (the same on every rank) makes rank 0 refuse control
+connections without it; REFSERVER_CONTROL_PORT sets --control-port.
+
+exit status: 0 after a drain (SIGTERM or SIGINT); non-zero when start-up failed
+or a rank was lost (the log, whose lines carry "rank N", says why)."""
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Appends each option's default, when it has one."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, "", argparse.SUPPRESS) or "(default" in action.help:
+            return action.help
+        return f"{action.help} (default: %(default)s)"
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="refserver", description=__doc__)
-    parser.add_argument("--model", required=True, help="local model directory or HF repo id")
-    parser.add_argument("--host", default="127.0.0.1", help="HTTP bind address (rank 0)")
-    parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--temperature", type=float, default=0.0, help="default temperature")
-    parser.add_argument("--top-p", type=float, default=1.0, help="default top_p")
-    parser.add_argument("--top-k", type=int, default=0, help="default top_k (0: off)")
-    parser.add_argument("--max-tokens", type=int, default=4096, help="default max_tokens")
-    parser.add_argument("--max-tokens-cap", type=int, default=32768, help="largest max_tokens")
-    parser.add_argument("--max-queue", type=int, default=64, help="requests waiting before 429")
-    parser.add_argument("--max-batch", type=int, default=8, help="sequences decoded together")
-    parser.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024)
-    parser.add_argument("--api-key", action="append", help="require this bearer key (repeatable)")
-    parser.add_argument("--allowed-origins", default="", help="comma-separated CORS origins")
-    parser.add_argument("--log-level", default="INFO")
-    parser.add_argument("--control-port", type=int, help="rank 0's control port")
-    parser.add_argument("--connect-timeout", type=float, help="seconds to wait for peers")
-    parser.add_argument("--heartbeat-timeout", type=float, help="seconds of peer silence")
-    parser.add_argument("--step-timeout", type=float, help="seconds one step may take")
-    parser.add_argument("--drain-seconds", type=float, default=30.0, help="grace on SIGTERM")
+    parser = argparse.ArgumentParser(
+        prog="refserver", description=__doc__, formatter_class=_HelpFormatter, epilog=ENVIRONMENT
+    )
+    add = parser.add_argument
+    add("--model", required=True, help="local model directory or HF repo id")
+    add("--host", default="127.0.0.1", help="HTTP bind address (rank 0)")
+    add("--port", type=int, default=8080, help="HTTP port (rank 0)")
+    add("--temperature", type=float, default=0.0, help="default temperature")
+    add("--top-p", type=float, default=1.0, help="default top_p")
+    add("--top-k", type=int, default=0, help="default top_k (0: off)")
+    add("--max-tokens", type=int, default=4096, help="default max_tokens")
+    add("--max-tokens-cap", type=int, default=32768, help="largest max_tokens a request may ask")
+    add("--max-queue", type=int, default=64, help="requests waiting beyond --max-batch; then 429")
+    add("--max-batch", type=int, default=8, help="sequences decoded together")
+    add("--max-body-bytes", type=int, default=16 * 1024 * 1024, help="larger bodies get 413")
+    add("--client-timeout", type=int, default=60, help="seconds before a stalled client is dropped")
+    add("--api-key", action="append", help="require this bearer key (repeatable)")
+    add("--allowed-origins", default="", help="comma-separated CORS origins (default: none)")
+    add("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    add("--control-port", type=int, help="rank 0's control port (default: last ring port + 1)")
+    add("--connect-timeout", type=float, help="seconds to wait for peers at start-up (default: 60)")
+    add(
+        "--heartbeat-timeout", type=float, help="seconds before a silent peer is lost (default: 10)"
+    )
+    add("--step-timeout", type=float, help="seconds one pipeline step may take (default: 120)")
+    add("--drain-seconds", type=float, default=30.0, help="on SIGTERM, time to finish requests")
     return parser
 
 
 def make_config(args) -> ServerConfig:
+    # At least four heartbeats per timeout, and at most one a second.
+    interval = None if args.heartbeat_timeout is None else min(1.0, args.heartbeat_timeout / 4)
     cluster = ClusterConfig.from_env(
         args.model,
         control_port=args.control_port,
         connect_timeout=args.connect_timeout,
+        heartbeat_interval=interval,
         heartbeat_timeout=args.heartbeat_timeout,
         step_timeout=args.step_timeout,
         drain_grace=args.drain_seconds + 10,
@@ -64,6 +92,7 @@ def make_config(args) -> ServerConfig:
         max_queue=args.max_queue,
         max_batch=args.max_batch,
         max_body_bytes=args.max_body_bytes,
+        client_timeout=args.client_timeout,
         api_keys=api_keys_from_env(args.api_key),
         allowed_origins=origins,
         log_level=args.log_level,

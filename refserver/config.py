@@ -51,6 +51,11 @@ class ClusterConfig:
         for name in timeouts:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.heartbeat_timeout < 2 * self.heartbeat_interval:
+            raise ConfigError(
+                f"--heartbeat-timeout must be at least two heartbeat intervals "
+                f"({2 * self.heartbeat_interval:g} s), got {self.heartbeat_timeout:g}"
+            )
 
     @property
     def world_size(self) -> int:
@@ -131,6 +136,8 @@ class ServerConfig:
     max_queue: int = 64
     max_batch: int = 8
     max_body_bytes: int = 16 * 1024 * 1024
+    # Seconds a client connection may stay silent before a request is complete.
+    client_timeout: int = 60
     api_keys: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
     log_level: str = "INFO"
@@ -149,6 +156,12 @@ class ServerConfig:
             raise ConfigError(f"--max-queue must be >= 1, got {self.max_queue}")
         if self.max_batch < 1:
             raise ConfigError(f"--max-batch must be >= 1, got {self.max_batch}")
+        if self.max_body_bytes < 1:
+            raise ConfigError(f"--max-body-bytes must be >= 1, got {self.max_body_bytes}")
+        if self.client_timeout < 1:
+            raise ConfigError(f"--client-timeout must be >= 1, got {self.client_timeout}")
+        if self.drain_seconds < 0:
+            raise ConfigError(f"--drain-seconds must be >= 0, got {self.drain_seconds}")
         if self.temperature < 0:
             raise ConfigError(f"--temperature must be >= 0, got {self.temperature}")
 

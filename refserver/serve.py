@@ -67,7 +67,11 @@ def _run_leader(config: ServerConfig) -> int:
         cluster_start.report_failure(config.cluster, str(exc))
         return 2
     slot = EngineSlot()
-    server = make_server(_make_app(config, slot, tokenizer, model_config), config.host, config.port)
+    app = _make_app(config, slot, tokenizer, model_config)
+    timeout = config.client_timeout
+    server = make_server(
+        app, config.host, config.port, channel_timeout=timeout, cleanup_interval=min(10, timeout)
+    )
     threading.Thread(target=server.run, name="http", daemon=True).start()
     log.info("HTTP on http://%s:%d/v1 (503 until every rank is loaded)", config.host, config.port)
     try:
