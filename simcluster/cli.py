@@ -70,7 +70,9 @@ def cmd_serve(args) -> int:
 
     with tempfile.TemporaryDirectory(prefix="simcluster-") as tmp:
         model = _resolve_model(args, Path(tmp))
-        cluster = ServerCluster(args.n, model, args.split, args.host, args.port)
+        cluster = ServerCluster(
+            args.n, model, args.split, args.host, args.port, tuple(args.refserver_args)
+        )
         try:
             cluster.start()
             print(f"serving {model} on {args.n} ranks at {cluster.base_url}", flush=True)
@@ -112,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
     _model_args(serve)
+    serve.add_argument(
+        "refserver_args", nargs="*", help="after --: flags for every rank, e.g. -- --api-key K"
+    )
     serve.set_defaults(run=cmd_serve)
     return parser
 

@@ -25,13 +25,18 @@ TERMINATE_GRACE_SECONDS = 5.0
 
 
 class RankFailed(RuntimeError):
-    """A rank exited non-zero (or was killed); the others were stopped."""
+    """A rank exited non-zero (or was killed); the others were stopped.
 
-    def __init__(self, rank: int, returncode: int):
+    `error` is the first ERROR line the rank logged, which often names the rank
+    that was lost (rank 0 exits because rank 1 stopped answering).
+    """
+
+    def __init__(self, rank: int, returncode: int, error: str | None = None):
         how = f"signal {-returncode}" if returncode < 0 else f"exit code {returncode}"
-        super().__init__(f"rank {rank} failed ({how})")
+        super().__init__(f"rank {rank} failed ({how})" + (f": {error}" if error else ""))
         self.rank = rank
         self.returncode = returncode
+        self.error = error
 
 
 def free_ports(count: int) -> list[int]:
@@ -84,6 +89,7 @@ class LocalCluster:
         self.sink = sink or (lambda line: print(line, file=sys.stderr, flush=True))
         self.processes: list[subprocess.Popen] = []
         self._readers: list[threading.Thread] = []
+        self._first_errors: dict[int, str] = {}
         self._tmpdir: tempfile.TemporaryDirectory | None = None
         self.control_port: int | None = None
 
@@ -129,14 +135,17 @@ class LocalCluster:
 
     def _pump(self, rank: int, process: subprocess.Popen) -> None:
         for raw in process.stdout:
-            self.sink(f"[rank {rank}] {raw.decode(errors='replace').rstrip()}")
+            line = raw.decode(errors="replace").rstrip()
+            if " ERROR " in line:
+                self._first_errors.setdefault(rank, line.split(" ERROR ", 1)[1])
+            self.sink(f"[rank {rank}] {line}")
 
     def poll_failure(self) -> RankFailed | None:
         """The first rank that has exited non-zero, if any."""
         for rank, process in enumerate(self.processes):
             code = process.poll()
             if code not in (None, 0):
-                return RankFailed(rank, code)
+                return RankFailed(rank, code, self._first_errors.get(rank))
         return None
 
     def wait(self, timeout: float | None = None) -> None:
@@ -145,8 +154,10 @@ class LocalCluster:
         while any(p.poll() is None for p in self.processes):
             failure = self.poll_failure()
             if failure:
-                self.stop()
-                raise failure
+                self.stop()  # also reads the rest of the failed rank's output
+                raise RankFailed(
+                    failure.rank, failure.returncode, self._first_errors.get(failure.rank)
+                )
             if deadline is not None and time.monotonic() > deadline:
                 self.stop()
                 raise TimeoutError(f"ranks still running after {timeout:g} s; stopped them")

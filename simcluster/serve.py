@@ -7,7 +7,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .launch import LocalCluster, RankFailed, free_ports
@@ -17,6 +17,8 @@ class ServerCluster:
     """`refserver` on `world_size` local ranks, as a context manager.
 
     Waits until /health is 200; `base_url` is the OpenAI base URL (…/v1).
+    `rank_command(rank, command)` may change one rank's command (failure tests:
+    another --model, a wrapper that delays the rank).
     """
 
     def __init__(
@@ -29,6 +31,7 @@ class ServerCluster:
         extra_args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
         sink: Callable[[str], None] | None = None,
+        rank_command: Callable[[int, list[str]], Sequence[str]] | None = None,
     ):
         self.port = port or free_ports(1)[0]
         self.host = host
@@ -47,7 +50,8 @@ class ServerCluster:
         env = dict(env or {})
         if split:
             env["MINIMAX_PIPELINE_SPLIT"] = split
-        self.ranks = LocalCluster(world_size, command, env, sink=sink)
+        launch = command if rank_command is None else lambda rank: rank_command(rank, command)
+        self.ranks = LocalCluster(world_size, launch, env, sink=sink)
 
     @property
     def root_url(self) -> str:
