@@ -40,25 +40,29 @@ def generate_greedy(
         mx.eval(out if not stage.is_last else [c.state for c in cache])
 
     tokens: list[int] = []
-    step_input = prompt[-1:]
+    # The first stage's input stays lazy: on a multi-rank run it is the receive of
+    # rank 0's token, evaluated together with the next step (one round trip).
+    step_input = mx.array(prompt[-1:], dtype=mx.int32)
+    first_rank = stage.split.world_size - 1
     for index in range(max_tokens):
-        out = _run(stage, cache, step_input, 1)
+        inputs = step_input.reshape(1, 1) if stage.is_first else None
+        out = stage.forward(inputs, cache, batch=1, length=1)
         more = index + 1 < max_tokens
         if stage.is_last:
             token = greedy_token(out)
-            mx.eval(token)
+            if more and not stage.is_first:
+                mx.eval(mx.distributed.send(token, first_rank, group=stage.group))
+            else:
+                mx.eval(token)
             tokens.append(token.item())
             if on_token is not None:
                 on_token(tokens[-1])
-            if more and not stage.is_first:
-                mx.eval(mx.distributed.send(token, stage.split.world_size - 1, group=stage.group))
-            step_input = [tokens[-1]]
+            step_input = token
         else:
             mx.eval(out)
             if more and stage.is_first:
                 template = mx.zeros((1,), dtype=mx.int32)
-                received = mx.distributed.recv_like(template, 0, group=stage.group)
-                step_input = [received.item()]
+                step_input = mx.distributed.recv_like(template, 0, group=stage.group)
     return tokens
 
 
