@@ -14,7 +14,7 @@ import threading
 from ..cluster import Cluster
 from ..control import ControlError
 from .executor import StageExecutor
-from .liveness import StepWatchdog, exit_soon, send_heartbeats
+from .liveness import StepWatchdog, exit_soon, is_ring_error, send_heartbeats
 from .work import Release, from_message
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,10 @@ def run_follower(cluster: Cluster) -> int:
             lost(f"rank 0 lost: {exc}")
             return 1
         except Exception as exc:
-            log.exception("work item failed")
+            if is_ring_error(exc):
+                log.error("the MLX ring failed: %s", exc)
+            else:
+                log.exception("work item failed")
             try:
                 leader.send({"type": "failed", "error": f"rank {config.rank}: {exc}"})
             except ControlError:

@@ -26,7 +26,7 @@ from .interface import (
     NotReadyError,
     QueueFullError,
 )
-from .liveness import StepWatchdog, exit_soon, send_heartbeats, watch_peer
+from .liveness import StepWatchdog, exit_soon, is_ring_error, send_heartbeats, watch_peer
 from .scheduler import Scheduler, Sequence
 from .work import to_message
 
@@ -189,11 +189,12 @@ class PipelineEngine:
             log.error("the control plane failed: %s", exc)
             self.fail("a rank was lost")
         except Exception as exc:  # any failure here leaves the ranks out of step
-            if self._failure is None:
+            if is_ring_error(exc):
+                log.error("the MLX ring failed: %s", exc)
+                self.fail("a rank was lost")
+            else:
                 log.exception("engine loop failed")
-            else:  # a lost rank broke the ring; the reason is logged already
-                log.error("engine loop stopped: %s: %s", type(exc).__name__, exc)
-            self.fail(f"internal error on rank 0 ({type(exc).__name__})")
+                self.fail(f"internal error on rank 0 ({type(exc).__name__})")
         with self._lock:
             if self._failure is None:
                 self._stopped.set()

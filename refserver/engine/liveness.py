@@ -106,6 +106,11 @@ def watch_peer(
     threading.Thread(target=read, name=f"watch-rank-{rank}", daemon=True).start()
 
 
+def is_ring_error(exc: BaseException) -> bool:
+    """The MLX ring raised because a peer went away (expected when a rank is lost)."""
+    return isinstance(exc, RuntimeError) and str(exc).startswith("[ring]")
+
+
 def exit_soon(code: int, delay: float) -> None:
     """End the process after `delay` seconds, whatever the other threads are doing."""
 
