@@ -180,6 +180,7 @@ class PipelineEngine:
                     drain_deadline = time.monotonic() + drain_seconds
                 if drain_deadline is not None:
                     if not self.scheduler.active and not self.inflight:
+                        self.scheduler.flush()  # the last requests' Finished events
                         break
                     if time.monotonic() > drain_deadline:
                         self.scheduler.fail_all("the server shut down before this finished")
