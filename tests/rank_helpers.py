@@ -122,7 +122,7 @@ def post(
     path: str = "/v1/chat/completions",
     headers: dict | None = None,
     timeout: float = 60,
-) -> tuple[int, dict, dict]:
+) -> tuple[int, http.client.HTTPMessage, dict]:
     """POST a JSON (or raw) body; (status, headers, parsed JSON body or {})."""
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     connection = http.client.HTTPConnection(cluster.host, cluster.port, timeout=timeout)
@@ -136,7 +136,7 @@ def post(
             parsed = json.loads(raw) if raw else {}
         except ValueError:
             parsed = {"raw": raw.decode(errors="replace")}
-        return response.status, dict(response.headers), parsed
+        return response.status, response.headers, parsed
     finally:
         connection.close()
 

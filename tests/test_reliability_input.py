@@ -110,11 +110,13 @@ def test_50_mb_body_is_refused_before_it_is_read(server, tiny_model):
         sock.sendall(
             b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
             + f"\r\nContent-Length: {size}\r\n\r\n".encode()
-            + b" " * (1 << 20)
         )
-        head, _, body = sock.recv(65536).partition(b"\r\n\r\n")
+        response = b""
+        while chunk := sock.recv(65536):  # the server answers and closes at once
+            response += chunk
+    head, _, body = response.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 413"), head
-    assert b'"error"' in body and b"Traceback" not in body
+    assert set(json.loads(body)) == {"error"}
     assert_in_step(server, tiny_model)
 
 
@@ -128,7 +130,7 @@ def test_unknown_path_and_wrong_method(server, tiny_model, method, path, status,
     response = connection.getresponse()
     body = json.loads(response.read())
     connection.close()
-    assert_error(response.status, dict(response.headers), body, status, None, code)
+    assert_error(response.status, response.headers, body, status, None, code)
     assert_in_step(server, tiny_model)
 
 
