@@ -24,7 +24,7 @@ REFSERVER_API_KEY adds comma-separated API keys to --api-key;
 REFSERVER_CLUSTER_TOKEN (the same on every rank) makes rank 0 refuse control
 connections without it; REFSERVER_CONTROL_PORT sets --control-port.
 
-exit status: 0 after a drain (SIGTERM or SIGINT); non-zero when start-up failed
+exit status: 0 after a drain (SIGTERM, SIGINT, SIGHUP); non-zero when start-up failed
 or a rank was lost (the log, whose lines carry "rank N", says why)."""
 
 
@@ -114,11 +114,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def install_drain_handler(drain) -> None:
-    """SIGTERM and SIGINT drain the server instead of killing it mid-request."""
+    """SIGTERM, SIGINT and SIGHUP drain the server instead of killing it mid-request."""
+    from .engine.liveness import STOP_SIGNALS
 
     def handler(signum, _frame):
         log.info("received %s: draining", signal.Signals(signum).name)
         threading.Thread(target=drain, daemon=True).start()
 
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    for stop_signal in STOP_SIGNALS:
+        signal.signal(stop_signal, handler)

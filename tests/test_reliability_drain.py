@@ -25,20 +25,24 @@ def read_all(sock, timeout: float) -> bytes:
     return received
 
 
-def terminate(server, ranks) -> None:
+def terminate(server, ranks, sig=signal.SIGTERM) -> None:
     for rank in ranks:
-        server.ranks.kill_rank(rank, signal.SIGTERM)
+        server.ranks.kill_rank(rank, sig)
 
 
-@pytest.mark.parametrize("signalled", [(0, 1), (0,)], ids=["every-rank", "rank-0-only"])
-def test_sigterm_lets_running_requests_finish_then_every_rank_exits_0(tiny_model, signalled):
+@pytest.mark.parametrize(
+    "sig, signalled",
+    [(signal.SIGTERM, (0, 1)), (signal.SIGTERM, (0,)), (signal.SIGHUP, (0, 1))],
+    ids=["every-rank", "rank-0-only", "hang-up"],  # mlx.launch's ssh -tt sessions hang up
+)
+def test_sigterm_lets_running_requests_finish_then_every_rank_exits_0(tiny_model, sig, signalled):
     logs = Logs()
     with ServerCluster(2, tiny_model, extra_args=("--drain-seconds", "30"), sink=logs) as server:
         result = {}
         plain = threading.Thread(target=lambda: result.update(reply=post(server, long_body(600))))
         plain.start()
         sock, _ = open_stream(server, long_body(600), events=3)
-        terminate(server, signalled)
+        terminate(server, signalled, sig)
         # Draining: no new work, /health says why.
         assert wait_until(lambda: server.health()[0] == 503, timeout=5)
         status, body = server.health()

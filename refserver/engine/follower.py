@@ -14,7 +14,7 @@ import threading
 from ..cluster import Cluster
 from ..control import ControlError
 from .executor import StageExecutor
-from .liveness import StepWatchdog, exit_soon, is_ring_error, send_heartbeats
+from .liveness import STOP_SIGNALS, StepWatchdog, exit_soon, is_ring_error, send_heartbeats
 from .work import Release, from_message
 
 log = logging.getLogger(__name__)
@@ -38,14 +38,14 @@ def run_follower(cluster: Cluster) -> int:
         log.error("%s; exiting", reason)
         exit_soon(1, 0.0)
 
-    # SIGTERM reaches every rank at once (mlx.launch, a supervisor): rank 0 drains
+    # SIGTERM (or a hang-up) reaches every rank at once (mlx.launch, a supervisor): rank 0 drains
     # and then tells us to stop; exit on our own only if it never does.
     def on_term(signum, _frame):
         log.info("received %s: waiting for rank 0 to drain", signal.Signals(signum).name)
         exit_soon(0, config.drain_grace)
 
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
+    for stop_signal in STOP_SIGNALS:
+        signal.signal(stop_signal, on_term)
     stop_beats = threading.Event()
     send_heartbeats([leader], config.heartbeat_interval, stop_beats, on_error=lost)
     watchdog = StepWatchdog(config.step_timeout, lost)

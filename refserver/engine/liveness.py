@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -16,6 +17,11 @@ from collections.abc import Callable
 from ..control import Channel, ControlError
 
 log = logging.getLogger(__name__)
+
+# Signals that stop a rank gracefully (rank 0 drains; the others wait for it). SIGHUP
+# is among them because a rank started over `ssh -tt` (mlx.launch) gets a hang-up,
+# not SIGTERM, when the launcher is stopped.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class StepWatchdog:
