@@ -29,11 +29,14 @@ pytestmark = pytest.mark.slow
 
 CLIENT_TIMEOUT = 2
 DEEP = 100_000
+MAX_BODY = 1_000_000
+CAP = 4000  # below the tiny model's context (4096)
 
 
 @pytest.fixture(scope="module")
 def server(tiny_model):
     args = ("--client-timeout", str(CLIENT_TIMEOUT), "--max-tokens", "16")
+    args += ("--max-tokens-cap", str(CAP), "--max-body-bytes", str(MAX_BODY))
     args += ("--max-batch", "1", "--max-queue", "1")  # at most 2 open requests: then 429
     with ServerCluster(2, tiny_model, extra_args=args, sink=Logs()) as cluster:
         yield cluster
@@ -52,8 +55,10 @@ CASES = [
     ("max_tokens negative", chat_body(max_tokens=-1), 400, "max_tokens", None),
     ("stop number", chat_body(stop=123), 400, "stop", None),
     ("huge max_tokens", chat_body(max_tokens=10**30), 400, "max_tokens", None),
-    ("max_tokens over the context", chat_body(max_tokens=4090), 400, "max_tokens",
+    ("max_tokens over --max-tokens-cap", chat_body(max_tokens=CAP + 1), 400, "max_tokens", None),
+    ("max_tokens over the context", chat_body("hello " * 300, max_tokens=CAP), 400, "max_tokens",
      "context_length_exceeded"),
+    ("body over --max-body-bytes", chat_body("x" * MAX_BODY), 413, None, None),
     ("prompt longer than the context", chat_body("hello " * 5000), 400, "messages",
      "context_length_exceeded"),
     ("n > 1", chat_body(n=2), 400, "n", None),

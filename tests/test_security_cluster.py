@@ -23,6 +23,7 @@ from rank_helpers import (
     wait_until,
 )
 
+from refserver.cli import build_parser
 from refserver.control import HELLO_TIMEOUT
 from simcluster.serve import ServerCluster
 
@@ -74,6 +75,28 @@ def test_anthropic_messages_take_x_api_key(secured):
     }
     assert post(secured, body, "/v1/messages")[0] == 401
     assert post(secured, body, "/v1/messages", {"x-api-key": KEYS[2]})[0] == 200
+
+
+def completion_with_origin(cluster, origin: str, headers: dict | None = None):
+    body = {"prompt": "x", "max_tokens": 1}
+    return post(cluster, body, "/v1/completions", {"Origin": origin, **(headers or {})})
+
+
+def test_cors_is_off_by_default(secured):
+    status, headers, _ = completion_with_origin(secured, "http://app.example", auth(KEYS[0]))
+    assert status == 200 and headers.get("Access-Control-Allow-Origin") is None
+
+
+def test_a_public_address_without_a_key_is_warned_about_and_origins_can_be_allowed(tiny_model):
+    assert build_parser().parse_args(["--model", "m"]).host == "127.0.0.1"  # the default
+    logs = Logs()
+    args = ("--allowed-origins", "http://app.example")
+    with ServerCluster(2, tiny_model, host="0.0.0.0", extra_args=args, sink=logs) as server:
+        _, headers, _ = completion_with_origin(server, "http://app.example")
+        assert headers["Access-Control-Allow-Origin"] == "http://app.example"
+        _, headers, _ = completion_with_origin(server, "http://elsewhere.example")
+        assert headers.get("Access-Control-Allow-Origin") is None
+    assert "serving on 0.0.0.0 without an API key" in logs.text(0)
 
 
 # -- the control plane ---------------------------------------------------------
