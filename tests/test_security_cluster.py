@@ -177,6 +177,10 @@ def test_strangers_at_start_up_are_refused_logged_and_harmless(tiny_model):
         with connect(port) as sock:  # no token at all
             sock.sendall(hello(1, ""))
             assert read_reply(sock)["type"] == "refused"
+        # From an address outside the hostfile (127.0.0.2 is loopback too, on Linux).
+        with socket.create_connection(("127.0.0.1", port), 30, ("127.0.0.2", 0)) as sock:
+            sock.sendall(hello(1, TOKEN))
+            assert read_reply(sock) is None
         with connect(port) as sock:  # a 4 GB "message"
             sock.sendall(b"\xff\xff\xff\xff")
             assert read_reply(sock) is None
@@ -190,6 +194,7 @@ def test_strangers_at_start_up_are_refused_logged_and_harmless(tiny_model):
     rank_0 = logs.text(0)
     assert rank_0.count("refused control connection from 127.0.0.1") >= 6, rank_0
     assert "wrong cluster token" in rank_0
+    assert "refused control connection from 127.0.0.2" in rank_0 and "not a cluster host" in rank_0
     assert "Traceback" not in logs.text()
 
 

@@ -24,8 +24,8 @@ def run_follower(cluster: Cluster) -> int:
     """Serve rank 0's items; return the process exit code."""
     config = cluster.config
     leader = cluster.channels[0]
-    leader.send({"type": "ready"})
     try:
+        leader.send({"type": "ready"})
         start = leader.recv(timeout=config.load_timeout)
     except ControlError as exc:
         log.error("rank 0 did not start the cluster: %s", exc)
