@@ -27,6 +27,9 @@ pytestmark = pytest.mark.slow
 BUSY_CPU_SHARE = 0.1
 IDLE_CPU_SHARE = 0.04
 DROPS = 100
+# Seconds from a hang-up until every rank is idle; the 3000 tokens asked for would
+# take more than 10 s, so a stop within this proves the cancellation reached every rank.
+STOPPED_WITHIN = 5
 RSS_TOLERANCE_MB = 24
 
 
@@ -57,7 +60,7 @@ def test_dropped_stream_stops_generation_on_every_rank(server, tiny_model):
         sock.close()
     dropped = time.monotonic()
     assert wait_until(lambda: all_idle(pids), timeout=10)
-    assert time.monotonic() - dropped < 3
+    assert time.monotonic() - dropped < STOPPED_WITHIN
     assert_in_step(server, tiny_model)
 
 
@@ -75,7 +78,7 @@ def test_dropped_non_streaming_request_stops_generation_on_every_rank(server, ti
     connection.close()
     dropped = time.monotonic()
     assert wait_until(lambda: all_idle(pids), timeout=10)
-    assert time.monotonic() - dropped < 4
+    assert time.monotonic() - dropped < STOPPED_WITHIN
     assert_in_step(server, tiny_model)
 
 
