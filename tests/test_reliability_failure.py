@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -192,7 +195,7 @@ def rank_processes(launcher_pid: int) -> dict[int, int]:
 def test_simcluster_serve_exits_non_zero_naming_the_lost_rank(tiny_model, tmp_path):
     port = free_ports(1)[0]
     command = [sys.executable, "-m", "simcluster.cli", "serve", "-n", "2"]
-    command += ["--model", str(tiny_model), "--port", str(port)]
+    command += ["--model", str(tiny_model), "--port", str(port), "--", "--api-key", "k"]
     stderr_file = tmp_path / "stderr.txt"
     launcher = subprocess.Popen(
         command,
@@ -202,7 +205,12 @@ def test_simcluster_serve_exits_non_zero_naming_the_lost_rank(tiny_model, tmp_pa
         start_new_session=True,
     )
     try:
-        assert "serving" in launcher.stdout.readline()  # printed once every rank is healthy
+        # "serving ..." is printed once every rank is healthy.
+        assert select.select([launcher.stdout], [], [], 120)[0], "no rank became healthy"
+        assert "serving" in launcher.stdout.readline()
+        # The flags after -- reached the ranks.
+        with pytest.raises(urllib.error.HTTPError, match="401"):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=10)
         ranks = rank_processes(launcher.pid)
         assert sorted(ranks) == [0, 1]
         os.kill(ranks[1], signal.SIGKILL)
