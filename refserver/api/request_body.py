@@ -29,7 +29,22 @@ def read_json_object(max_bytes: int) -> dict[str, Any]:
         raise invalid_request(message, None, "invalid_json") from None
     if not isinstance(body, dict):
         raise invalid_request("the body must be a JSON object", None, "invalid_json")
+    if "\\u" in text and _has_lone_surrogate(body):
+        raise invalid_request(
+            "the body holds a lone UTF-16 surrogate (\\ud800-\\udfff) that is not text",
+            None,
+            "invalid_json",
+        )
     return body
+
+
+def _has_lone_surrogate(body: dict[str, Any]) -> bool:
+    """JSON escapes can spell half a surrogate pair, which no tokenizer can encode."""
+    try:
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _content_length(max_bytes: int) -> int:
