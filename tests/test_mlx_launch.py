@@ -53,12 +53,11 @@ def mlx_launch() -> str:
     return found
 
 
-def test_parity_under_mlx_launch(tiny_model, tmp_path):
-    prompt = chat_prompt_tokens(tiny_model)
-    output = tmp_path / "tokens.json"
-    # Two ring ports, and the control port one past the highest.
+def two_local_ranks(*command: str) -> list[str]:
+    """`mlx.launch -n 2 --backend ring` on free ports: two ring ports, and the
+    control port one past the highest."""
     first_port = consecutive_free_ports(3)
-    command = [
+    return [
         mlx_launch(),
         "-n",
         "2",
@@ -67,25 +66,21 @@ def test_parity_under_mlx_launch(tiny_model, tmp_path):
         "--starting-port",
         str(first_port),
         "--",
-        *worker_command(tiny_model, prompt, 64, output),
-    ]
+    ] + list(command)
+
+
+def test_parity_under_mlx_launch(tiny_model, tmp_path):
+    prompt = chat_prompt_tokens(tiny_model)
+    output = tmp_path / "tokens.json"
+    command = two_local_ranks(*worker_command(tiny_model, prompt, 64, output))
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(output.read_text())["tokens"] == reference_tokens(tiny_model, prompt, 64)
 
 
 def test_server_under_mlx_launch(tiny_model):
-    first_port = consecutive_free_ports(3)
     http_port = free_ports(1)[0]
-    command = [
-        mlx_launch(),
-        "-n",
-        "2",
-        "--backend",
-        "ring",
-        "--starting-port",
-        str(first_port),
-        "--",
+    command = two_local_ranks(
         sys.executable,
         "-m",
         "refserver",
@@ -93,7 +88,7 @@ def test_server_under_mlx_launch(tiny_model):
         str(tiny_model),
         "--port",
         str(http_port),
-    ]
+    )
     launcher = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
     )

@@ -18,6 +18,9 @@ from ..control import Channel, ControlError
 
 log = logging.getLogger(__name__)
 
+# How long a rank's own failure report waits for news of a lost neighbour.
+BLAME_DELAY_SECONDS = 0.5
+
 # Signals that stop a rank gracefully (rank 0 drains; the others wait for it). SIGHUP
 # is among them because a rank started over `ssh -tt` (mlx.launch) gets a hang-up,
 # not SIGTERM, when the launcher is stopped.
@@ -106,6 +109,9 @@ def watch_peer(
                 on_done()
             elif kind == "failed":
                 log.error("rank %d failed: %s", rank, message.get("error", "unknown error"))
+                # A rank often fails because its ring neighbour died: give the watcher
+                # of that neighbour a moment to report the loss itself (first one wins).
+                time.sleep(BLAME_DELAY_SECONDS)
                 on_lost(f"rank {rank} failed")
                 return
 
