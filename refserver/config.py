@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .split import SPLIT_VARIABLE
@@ -143,7 +143,6 @@ class ServerConfig:
     log_level: str = "INFO"
     drain_seconds: float = 30.0
     served_model_name: str | None = None
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if not 0 < self.port < 65536:

@@ -1,8 +1,8 @@
 """Token parity: greedy tokens through N ranks against single-process mlx_lm.
 
-`run_parity` launches the ranks (each runs `python -m simcluster.parity`, the
-worker below), then computes the reference in this process with mlx_lm's own
-generate_step, and compares token for token.
+`pipeline_run` launches the ranks (each runs `python -m simcluster.parity`, the
+worker below); `reference_run` computes the reference in this process with
+mlx_lm's own generate_step; the caller compares token for token.
 """
 
 from __future__ import annotations
@@ -128,12 +128,6 @@ def worker_command(
         str(output),
         *extra,
     ]
-
-
-def run_parity(world_size, model_dir, max_tokens, split=None, prompt_text=DEFAULT_PROMPT):
-    prompt = chat_prompt_tokens(model_dir, prompt_text)
-    ours = pipeline_tokens(world_size, model_dir, prompt, max_tokens, split)
-    return ParityResult(reference_tokens(model_dir, prompt, max_tokens), ours)
 
 
 def worker(argv: list[str] | None = None) -> int:

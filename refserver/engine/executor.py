@@ -107,7 +107,3 @@ class StageExecutor:
         if inputs is not None and inputs.ndim == 1:
             inputs = inputs[None]
         return self.stage.forward(inputs, cache, batch=batch, length=length)
-
-    def holds(self) -> int:
-        """How many sequences have caches on this rank (0 when idle: nothing leaks)."""
-        return len(self.pending) + len(self.batch_of)

@@ -113,10 +113,6 @@ class PipelineEngine:
             return Health(False, "draining: the server is shutting down", ranks)
         return Health(True, "", ranks)
 
-    def open_requests(self) -> int:
-        with self._lock:
-            return len(self._streams)
-
     def _post(self, message) -> None:
         with self._wake:
             self._inbox.append(message)

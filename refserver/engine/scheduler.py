@@ -98,10 +98,6 @@ class Scheduler:
     def active(self) -> int:
         return len(self.by_id)
 
-    @property
-    def queued(self) -> int:
-        return len(self.waiting)
-
     # -- items out ---------------------------------------------------------
     def next_item(self) -> WorkItem | None:
         """The next item to issue, or None when nothing can start now."""
