@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import openai
@@ -53,6 +54,14 @@ def mlx_launch() -> str:
     return found
 
 
+def healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except (OSError, ValueError):
+        return False
+
+
 def two_local_ranks(*command: str) -> list[str]:
     """`mlx.launch -n 2 --backend ring` on free ports: two ring ports, and the
     control port one past the highest."""
@@ -78,7 +87,7 @@ def test_parity_under_mlx_launch(tiny_model, tmp_path):
     assert json.loads(output.read_text())["tokens"] == reference_tokens(tiny_model, prompt, 64)
 
 
-def test_server_under_mlx_launch(tiny_model):
+def test_server_under_mlx_launch(tiny_model, tmp_path):
     http_port = free_ports(1)[0]
     command = two_local_ranks(
         sys.executable,
@@ -89,22 +98,20 @@ def test_server_under_mlx_launch(tiny_model):
         "--port",
         str(http_port),
     )
+    # The ranks' output goes to a file: a pipe nobody reads would fill and block them.
+    log_file = tmp_path / "ranks.log"
     launcher = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+        command, stdout=log_file.open("w"), stderr=subprocess.STDOUT, start_new_session=True
     )
     try:
         client = openai.OpenAI(
             base_url=f"http://127.0.0.1:{http_port}/v1", api_key="x", max_retries=0, timeout=60
         )
+        # /v1/models answers while the ranks load; /health is 200 only once they all have.
         deadline = time.monotonic() + 120
-        while True:
-            assert launcher.poll() is None, launcher.stdout.read().decode()[-3000:]
-            try:
-                if client.with_options(timeout=2).models.list().data:
-                    break
-            except openai.APIError:
-                pass
-            assert time.monotonic() < deadline, "the server never became ready"
+        while not healthy(f"http://127.0.0.1:{http_port}/health"):
+            assert launcher.poll() is None, log_file.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the server never became healthy"
             time.sleep(0.5)
         reply = client.chat.completions.create(
             model="default_model",

@@ -65,8 +65,14 @@ class StageExecutor:
                 f"micro-batch {item.batch}: rank {self.stage.rank} holds {batch.seqs}, "
                 f"rank 0 sent {item.seqs}"
             )
-        tokens = [[token] for token in item.tokens]
-        out = self._forward(tokens, batch.caches, batch=len(tokens), length=1)
+        rows = len(item.seqs)
+        if item.tokens_via_ring and self.stage.is_first and not self.stage.is_last:
+            template = mx.zeros((rows,), dtype=mx.int32)
+            received = mx.distributed.recv_like(template, 0, group=self.stage.group)
+            tokens = received.reshape(rows, 1)
+        else:
+            tokens = [[token] for token in item.tokens]
+        out = self._forward(tokens, batch.caches, batch=rows, length=1)
         if self.stage.is_last:
             return out[:, -1, :]
         mx.eval(out)
@@ -103,7 +109,9 @@ class StageExecutor:
             batch.seqs = [batch.seqs[i] for i in keep]
 
     def _forward(self, tokens, cache, batch: int, length: int) -> mx.array:
-        inputs = mx.array(tokens, dtype=mx.int32) if self.stage.is_first else None
-        if inputs is not None and inputs.ndim == 1:
-            inputs = inputs[None]
+        inputs = None
+        if self.stage.is_first:
+            inputs = tokens if isinstance(tokens, mx.array) else mx.array(tokens, dtype=mx.int32)
+            if inputs.ndim == 1:
+                inputs = inputs[None]
         return self.stage.forward(inputs, cache, batch=batch, length=length)

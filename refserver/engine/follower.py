@@ -8,6 +8,7 @@ op cannot be cancelled.
 from __future__ import annotations
 
 import logging
+import queue
 import signal
 import threading
 
@@ -48,22 +49,13 @@ def run_follower(cluster: Cluster) -> int:
         signal.signal(stop_signal, on_term)
     stop_beats = threading.Event()
     send_heartbeats([leader], config.heartbeat_interval, stop_beats, on_error=lost)
+    inbox = read_leader(leader, config.heartbeat_timeout, lost)
     watchdog = StepWatchdog(config.step_timeout, lost)
     executor = StageExecutor(cluster.stage)
     while True:
-        try:
-            message = leader.recv(timeout=config.heartbeat_timeout)
-        except ControlError as exc:
-            lost(f"rank 0 lost: {exc}")
-            return 1
-        kind = message.get("type")
-        if kind == "heartbeat":
-            continue
-        if kind == "shutdown":
+        message = inbox.get()
+        if message.get("type") == "shutdown":
             stop_beats.set()
-            if message.get("error"):
-                log.error("rank 0 shut the cluster down: %s", message["error"])
-                return 1
             log.info("rank 0 shut the cluster down; exiting")
             return 0
         watchdog.begin()
@@ -86,3 +78,33 @@ def run_follower(cluster: Cluster) -> int:
                 pass
             return 1
         watchdog.end()
+
+
+def read_leader(leader, timeout: float, lost) -> queue.SimpleQueue:
+    """Read rank 0's messages in a thread of their own; work items go to the queue.
+
+    The main thread may sit in an MLX op that waits on rank 0 (a ring receive)
+    and cannot be interrupted: rank 0's silence or its failure must still end
+    this rank, so liveness does not depend on the main thread reading.
+    """
+    inbox: queue.SimpleQueue = queue.SimpleQueue()
+
+    def read():
+        while True:
+            try:
+                message = leader.recv(timeout=timeout)
+            except ControlError as exc:
+                lost(f"rank 0 lost: {exc}")
+                return
+            kind = message.get("type")
+            if kind == "heartbeat":
+                continue
+            if kind == "shutdown" and message.get("error"):
+                lost(f"rank 0 shut the cluster down: {message['error']}")
+                return
+            inbox.put(message)
+            if kind == "shutdown":
+                return
+
+    threading.Thread(target=read, name="read-rank-0", daemon=True).start()
+    return inbox

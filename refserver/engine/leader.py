@@ -202,14 +202,13 @@ class PipelineEngine:
 
     def _step(self) -> None:
         self.scheduler.expire(time.monotonic())
-        while len(self.inflight) < self.depth:
+        # One more than the stages: micro-batches issued ahead must leave room to
+        # start new prompts.
+        while len(self.inflight) < self.depth + (self.cluster.world_size > 1):
             item = self.scheduler.next_item()
             if item is None:
                 break
-            message = to_message(item)
-            for channel in self.peers.values():
-                channel.send(message)
-            self.inflight.append(item)
+            self._broadcast(item)
         if not self.inflight:
             self.scheduler.flush()
             with self._wake:
@@ -217,6 +216,9 @@ class PipelineEngine:
                     self._wake.wait(timeout=0.5 if self.scheduler.active else None)
             return
         item = self.inflight.popleft()
+        ahead = self.scheduler.decode_ahead(item) if self.cluster.world_size > 1 else None
+        if ahead is not None:
+            self._broadcast(ahead)
         self.watchdog.begin()
         logits = self.executor.run(item)
         if logits is not None:
@@ -224,10 +226,21 @@ class PipelineEngine:
         sampling = self.scheduler.start_sampling(item, logits)
         if sampling is None and logits is not None:
             mx.eval(logits)  # unsampled (cancelled), but its ring receive must happen
+        if ahead is not None:
+            tokens = self.scheduler.ahead_tokens(item, ahead, sampling)
+            first_stage = self.cluster.world_size - 1
+            mx.async_eval(mx.distributed.send(tokens, first_stage, group=self.cluster.group))
         # The HTTP threads take the last step's tokens while this step computes.
         self.scheduler.flush()
         self.scheduler.on_result(item, sampling)
         self.watchdog.end()
+
+    def _broadcast(self, item) -> None:
+        """Send `item` to every rank and queue it for this one, in issue order."""
+        message = to_message(item)
+        for channel in self.peers.values():
+            channel.send(message)
+        self.inflight.append(item)
 
     def _wait_upstream(self) -> None:
         # Bounded by the step deadline: the watchdog ends the process past it.

@@ -14,6 +14,8 @@ import queue
 from collections import deque
 from dataclasses import dataclass, field
 
+import mlx.core as mx
+
 from .interface import ErrorEvent, Finished, GenerationRequest, PrefillProgress, TokenEvent
 from .sampling import Draw, SequenceSampler, draw
 from .work import Decode, Prefill, Release, WorkItem
@@ -52,9 +54,12 @@ class Scheduler:
         self.prefill_busy = False
         self.members: dict[int, list[Sequence]] = {b: [] for b in range(micro_batches)}
         self.joining: dict[int, list[Sequence]] = {b: [] for b in range(micro_batches)}
-        self.busy: set[int] = set()
+        # Decode items in flight per micro-batch (two when one was issued ahead).
+        self.busy: dict[int, int] = {b: 0 for b in range(micro_batches)}
         # The sequences of each decode item in flight, by micro-batch, in row order.
-        self.rows_in_flight: dict[int, list[Sequence]] = {}
+        self.rows_in_flight: dict[int, deque[list[Sequence]]] = {
+            b: deque() for b in range(micro_batches)
+        }
         self.to_drop: list[str] = []
         self.by_id: dict[str, Sequence] = {}
         # Events waiting for flush(): handed over while the next step computes.
@@ -108,26 +113,57 @@ class Scheduler:
             if item is not None:
                 self._turn = index + 1
                 return item
-        if self.to_drop and not self.busy and not self.prefill_busy:
+        if self.to_drop and not any(self.busy.values()) and not self.prefill_busy:
             return Release(self._take_drops())
         return None
 
     def _decode_item(self, batch: int) -> Decode | None:
-        if batch in self.busy or not (self.members[batch] or self.joining[batch]):
+        if self.busy[batch] or not (self.members[batch] or self.joining[batch]):
             return None
+        return self._issue_decode(batch, via_ring=False)
+
+    def decode_ahead(self, item: WorkItem) -> Decode | None:
+        """While `item` (a Decode) runs, the same micro-batch's next step.
+
+        Its rows are the batch as known now; a row that `item` finishes is
+        computed once more and dropped later, as mlx_lm.generate_step also runs
+        one step ahead. Its input tokens are the ones `item` samples: rank 0 sends
+        them over the ring (see ahead_tokens), into a graph the first stage has
+        already built.
+        """
+        if not isinstance(item, Decode) or self.busy[item.batch] != 1:
+            return None
+        if not (self.members[item.batch] or self.joining[item.batch]):
+            return None
+        return self._issue_decode(item.batch, via_ring=True)
+
+    def _issue_decode(self, batch: int, via_ring: bool) -> Decode:
         joiners = self.joining[batch]
         self.members[batch] = self.members[batch] + joiners
         self.joining[batch] = []
-        self.busy.add(batch)
+        self.busy[batch] += 1
         rows = self.members[batch]
-        self.rows_in_flight[batch] = list(rows)
+        self.rows_in_flight[batch].append(list(rows))
         return Decode(
             batch=batch,
             seqs=[s.id for s in rows],
-            tokens=[s.last_token for s in rows],
+            tokens=[] if via_ring else [s.last_token for s in rows],
             join=[s.id for s in joiners],
             drop=self._take_drops(),
+            tokens_via_ring=via_ring,
         )
+
+    def ahead_tokens(self, item: Decode, ahead: Decode, sampling: Draw) -> mx.array:
+        """The (lazy) input tokens of `ahead`: what `item` samples for the rows they
+        share, then the known first tokens of the rows that join."""
+        rows, next_rows = self.rows_in_flight[item.batch][0], self.rows_in_flight[ahead.batch][1]
+        position = {sequence: index for index, sequence in enumerate(rows)}
+        carried = [position[s] for s in next_rows if s in position]
+        joined = [s.last_token for s in next_rows if s not in position]
+        tokens = sampling.tokens.astype(mx.int32)[mx.array(carried, dtype=mx.int32)]
+        if joined:
+            tokens = mx.concatenate([tokens, mx.array(joined, dtype=mx.int32)])
+        return tokens
 
     def _prefill_item(self) -> Prefill | None:
         if self.prefill_busy:
@@ -153,7 +189,7 @@ class Scheduler:
     def start_sampling(self, item: WorkItem, logits) -> Draw | None:
         """Begin sampling the tokens `item` produced (None when it produced none)."""
         if isinstance(item, Decode):
-            return draw(logits, [s.sampler for s in self.rows_in_flight[item.batch]])
+            return draw(logits, [s.sampler for s in self.rows_in_flight[item.batch][0]])
         if isinstance(item, Prefill) and item.final and not self.prefilling.cancelled:
             return draw(logits, [self.prefilling.sampler])
         return None
@@ -163,10 +199,10 @@ class Scheduler:
         if isinstance(item, Prefill):
             self._after_prefill(item, sampling)
         elif isinstance(item, Decode):
-            self.busy.discard(item.batch)
-            rows = self.rows_in_flight.pop(item.batch)
+            self.busy[item.batch] -= 1
+            rows = self.rows_in_flight[item.batch].popleft()
             for sequence, event in zip(rows, sampling.events(), strict=True):
-                if not sequence.cancelled:
+                if not sequence.done:  # finished or cancelled while this step ran
                     self._deliver(sequence, event)
 
     def flush(self) -> None:

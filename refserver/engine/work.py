@@ -34,6 +34,8 @@ class Decode:
     Before the step, `drop` sequences leave whatever cache holds them and `join`
     sequences (prefilled, waiting) enter this micro-batch's batched cache, in
     that order; `seqs` then lists the batch rows in order, `tokens` their inputs.
+    With `tokens_via_ring`, rank 0 issued the item one step ahead and sends the
+    inputs over the ring to the first stage once it has sampled them.
     """
 
     batch: int
@@ -41,6 +43,7 @@ class Decode:
     tokens: list[int]
     join: list[str] = field(default_factory=list)
     drop: list[str] = field(default_factory=list)
+    tokens_via_ring: bool = False
     kind: str = "decode"
 
 
