@@ -65,8 +65,13 @@ def chat_prompt_tokens(model_dir: Path, text: str = DEFAULT_PROMPT) -> list[int]
     return tokenizer.encode(text, add_special_tokens=False)
 
 
-def reference_run(model_dir: Path, prompt: list[int], max_tokens: int) -> tuple[list[int], float]:
-    """Greedy tokens from single-process mlx_lm (the correctness bar), and decode tok/s."""
+def reference_run(
+    model_dir: Path, prompt: list[int], max_tokens: int, logits_processors=None
+) -> tuple[list[int], float]:
+    """Greedy tokens from single-process mlx_lm (the correctness bar), and decode tok/s.
+
+    `logits_processors` (mlx_lm.sample_utils.make_logits_processors) apply penalties.
+    """
     import mlx.core as mx
     from mlx_lm.generate import generate_step
     from mlx_lm.utils import load_model
@@ -74,14 +79,19 @@ def reference_run(model_dir: Path, prompt: list[int], max_tokens: int) -> tuple[
     model, _ = load_model(Path(model_dir))
     clock = DecodeClock()
     tokens = []
-    for token, _ in generate_step(mx.array(prompt), model, max_tokens=max_tokens):
+    steps = generate_step(
+        mx.array(prompt), model, max_tokens=max_tokens, logits_processors=logits_processors
+    )
+    for token, _ in steps:
         clock.tick()
         tokens.append(int(token))
     return tokens, clock.rate()
 
 
-def reference_tokens(model_dir: Path, prompt: list[int], max_tokens: int) -> list[int]:
-    return reference_run(model_dir, prompt, max_tokens)[0]
+def reference_tokens(
+    model_dir: Path, prompt: list[int], max_tokens: int, logits_processors=None
+) -> list[int]:
+    return reference_run(model_dir, prompt, max_tokens, logits_processors)[0]
 
 
 def pipeline_tokens(*args, **kwargs) -> list[int]:

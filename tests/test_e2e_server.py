@@ -27,7 +27,7 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(scope="module", params=[2, 3], ids=["2-ranks", "3-ranks"])
+@pytest.fixture(scope="module", params=[1, 2, 3], ids=["1-rank", "2-ranks", "3-ranks"])
 def server(request, tiny_model):
     with ServerCluster(request.param, tiny_model) as cluster:
         yield cluster
@@ -54,7 +54,10 @@ def chat_prompt(tokenizer, text: str) -> list[int]:
 
 def expected_text(tiny_model, tokenizer, prompt: list[int], max_tokens: int) -> str:
     """Single-process mlx_lm's greedy text, ended at the first end-of-sequence token."""
-    tokens = reference_tokens(tiny_model, prompt, max_tokens)
+    return until_eos(tokenizer, reference_tokens(tiny_model, prompt, max_tokens))
+
+
+def until_eos(tokenizer, tokens: list[int]) -> str:
     if tokenizer.eos_token_id in tokens:
         tokens = tokens[: tokens.index(tokenizer.eos_token_id)]
     return tokenizer.decode(tokens)
@@ -180,3 +183,49 @@ def test_disconnect_mid_stream_then_normal_request(server, client, tiny_model, t
     response = ask(client, PROMPTS[2])
     prompt = chat_prompt(tokenizer, PROMPTS[2])
     assert message_of(response) == as_message(expected_text(tiny_model, tokenizer, prompt, 48))
+
+
+PENALTIES = [
+    ("repetition", {"repetition_penalty": 1.8}),
+    ("presence", {"presence_penalty": 1.5}),
+    ("frequency", {"frequency_penalty": 1.0}),
+    ("logit_bias", {"logit_bias": {"13": -100, "20": 5}}),
+]
+
+
+@pytest.mark.parametrize("name, fields", PENALTIES, ids=[name for name, _ in PENALTIES])
+def test_penalties_match_mlx_lm(client, tiny_model, tokenizer, name, fields):
+    """Penalties see every token generated so far, also when a step is decoded ahead."""
+    from mlx_lm.sample_utils import make_logits_processors
+
+    prompt = chat_prompt(tokenizer, PROMPTS[4])
+    bias = {int(k): v for k, v in fields.get("logit_bias", {}).items()} or None
+    others = {k: v for k, v in fields.items() if k != "logit_bias"}
+    processors = make_logits_processors(logit_bias=bias, **others)
+    tokens = reference_tokens(tiny_model, prompt, 40, logits_processors=processors)
+    response = ask(client, PROMPTS[4], max_tokens=40, extra_body=fields)
+    assert message_of(response) == as_message(until_eos(tokenizer, tokens))
+    assert message_of(response) != as_message(expected_text(tiny_model, tokenizer, prompt, 40))
+
+
+def test_seeded_sampling_repeats_alone_and_in_a_batch(client):
+    def sample(results: list, index: int) -> None:
+        response = client.chat.completions.create(
+            model="default_model",
+            messages=[{"role": "user", "content": PROMPTS[6]}],
+            max_tokens=24,
+            temperature=1.0,
+            seed=1234 + index % 2,
+        )
+        results[index] = message_of(response)
+
+    alone = [None]
+    sample(alone, 0)
+    together: list = [None] * 4
+    threads = [threading.Thread(target=sample, args=(together, i)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert together[0] == together[2] == alone[0]
+    assert together[1] == together[3] != together[0]

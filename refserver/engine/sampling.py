@@ -13,6 +13,9 @@ from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p, make_logi
 
 from .interface import SamplingParams, TokenEvent
 
+# How many of the latest tokens the penalties see (mlx_lm's default context is 20).
+HISTORY = 64
+
 
 class SequenceSampler:
     """Sampling state of one sequence: its settings, penalty history and key."""
@@ -25,8 +28,9 @@ class SequenceSampler:
             presence_penalty=_unless(params.presence_penalty, 0.0),
             frequency_penalty=_unless(params.frequency_penalty, 0.0),
         )
-        # The penalties look back over the context, generated tokens included.
-        self.history = list(prompt_tokens[-64:]) if self.processors else []
+        # The penalties look back over the context, generated tokens included. It
+        # stays lazy: a step decoded ahead is sampled before the last token is read.
+        self.history = mx.array(prompt_tokens[-HISTORY:], dtype=mx.int32)
         self.key = mx.random.key(params.seed) if params.seed is not None else None
 
     @property
@@ -36,9 +40,8 @@ class SequenceSampler:
     def choose(self, logprobs_row: mx.array, logits_row: mx.array) -> mx.array:
         """A lazy token for one row (logprobs_row: (1, vocab))."""
         if self.processors:
-            context = mx.array(self.history, dtype=mx.int32)
             for processor in self.processors:
-                logits_row = processor(context, logits_row)
+                logits_row = processor(self.history, logits_row)
             logprobs_row = logits_row - mx.logsumexp(logits_row, axis=-1, keepdims=True)
         if self.params.temperature == 0:
             return mx.argmax(logprobs_row, axis=-1), logprobs_row
@@ -55,9 +58,10 @@ class SequenceSampler:
             return mx.random.categorical(scaled, key=draw), logprobs_row
         return mx.random.categorical(scaled), logprobs_row
 
-    def record(self, token: int) -> None:
+    def extend(self, token: mx.array) -> None:
+        """Add this step's (lazy, shape (1,)) token to the context."""
         if self.processors:
-            self.history.append(token)
+            self.history = mx.concatenate([self.history, token.astype(mx.int32)])[-HISTORY:]
 
 
 class Draw:
@@ -68,6 +72,8 @@ class Draw:
         self.row_logprobs = row_logprobs
         self.samplers = samplers
         self.wanted = [i for i, s in enumerate(samplers) if s.params.logprobs]
+        for i, sampler in enumerate(samplers):
+            sampler.extend(tokens[i : i + 1])
         mx.async_eval(tokens, [row_logprobs[i] for i in self.wanted])
 
     def events(self) -> list[TokenEvent]:
@@ -75,7 +81,6 @@ class Draw:
         token_ids = self.tokens.tolist()
         events = []
         for i, (sampler, token) in enumerate(zip(self.samplers, token_ids, strict=True)):
-            sampler.record(token)
             if i in self.wanted:
                 top = sampler.params.top_logprobs
                 events.append(_with_logprobs(token, self.row_logprobs[i][0], top))

@@ -56,8 +56,8 @@ class Scheduler:
         self.joining: dict[int, list[Sequence]] = {b: [] for b in range(micro_batches)}
         # Decode items in flight per micro-batch (two when one was issued ahead).
         self.busy: dict[int, int] = {b: 0 for b in range(micro_batches)}
-        # The sequences of each decode item in flight, by micro-batch, in row order.
-        self.rows_in_flight: dict[int, deque[list[Sequence]]] = {
+        # Each decode item in flight with its sequences in row order, by micro-batch.
+        self.rows_in_flight: dict[int, deque[tuple[Decode, list[Sequence]]]] = {
             b: deque() for b in range(micro_batches)
         }
         self.to_drop: list[str] = []
@@ -120,43 +120,47 @@ class Scheduler:
     def _decode_item(self, batch: int) -> Decode | None:
         if self.busy[batch] or not (self.members[batch] or self.joining[batch]):
             return None
-        return self._issue_decode(batch, via_ring=False)
+        return self._issue_decode(batch, ahead=False)
 
     def decode_ahead(self, item: WorkItem) -> Decode | None:
         """While `item` (a Decode) runs, the same micro-batch's next step.
 
         Its rows are the batch as known now; a row that `item` finishes is
         computed once more and dropped later, as mlx_lm.generate_step also runs
-        one step ahead. Its input tokens are the ones `item` samples: rank 0 sends
-        them over the ring (see ahead_tokens), into a graph the first stage has
-        already built.
+        one step ahead. Its input tokens are the ones `item` samples (see
+        ahead_tokens), still lazy: rank 0 sends them over the ring into a graph the
+        first stage has already built, or on one rank feeds them straight in.
         """
         if not isinstance(item, Decode) or self.busy[item.batch] != 1:
             return None
         if not (self.members[item.batch] or self.joining[item.batch]):
             return None
-        return self._issue_decode(item.batch, via_ring=True)
+        return self._issue_decode(item.batch, ahead=True)
 
-    def _issue_decode(self, batch: int, via_ring: bool) -> Decode:
+    def _issue_decode(self, batch: int, ahead: bool) -> Decode:
         joiners = self.joining[batch]
         self.members[batch] = self.members[batch] + joiners
         self.joining[batch] = []
         self.busy[batch] += 1
-        rows = self.members[batch]
-        self.rows_in_flight[batch].append(list(rows))
-        return Decode(
+        rows = list(self.members[batch])
+        item = Decode(
             batch=batch,
             seqs=[s.id for s in rows],
-            tokens=[] if via_ring else [s.last_token for s in rows],
+            tokens=[] if ahead else [s.last_token for s in rows],
             join=[s.id for s in joiners],
             drop=self._take_drops(),
-            tokens_via_ring=via_ring,
+            issued_ahead=ahead,
         )
+        self.rows_in_flight[batch].append((item, rows))
+        return item
+
+    def _rows(self, item: Decode) -> list[Sequence]:
+        return next(rows for issued, rows in self.rows_in_flight[item.batch] if issued is item)
 
     def ahead_tokens(self, item: Decode, ahead: Decode, sampling: Draw) -> mx.array:
         """The (lazy) input tokens of `ahead`: what `item` samples for the rows they
         share, then the known first tokens of the rows that join."""
-        rows, next_rows = self.rows_in_flight[item.batch][0], self.rows_in_flight[ahead.batch][1]
+        rows, next_rows = self._rows(item), self._rows(ahead)
         position = {sequence: index for index, sequence in enumerate(rows)}
         carried = [position[s] for s in next_rows if s in position]
         joined = [s.last_token for s in next_rows if s not in position]
@@ -189,7 +193,7 @@ class Scheduler:
     def start_sampling(self, item: WorkItem, logits) -> Draw | None:
         """Begin sampling the tokens `item` produced (None when it produced none)."""
         if isinstance(item, Decode):
-            return draw(logits, [s.sampler for s in self.rows_in_flight[item.batch][0]])
+            return draw(logits, [s.sampler for s in self._rows(item)])
         if isinstance(item, Prefill) and item.final and not self.prefilling.cancelled:
             return draw(logits, [self.prefilling.sampler])
         return None
@@ -200,7 +204,8 @@ class Scheduler:
             self._after_prefill(item, sampling)
         elif isinstance(item, Decode):
             self.busy[item.batch] -= 1
-            rows = self.rows_in_flight[item.batch].popleft()
+            issued, rows = self.rows_in_flight[item.batch].popleft()
+            assert issued is item, "decode results must be read in issue order"
             for sequence, event in zip(rows, sampling.events(), strict=True):
                 if not sequence.done:  # finished or cancelled while this step ran
                     self._deliver(sequence, event)
