@@ -32,18 +32,16 @@ class StageExecutor:
         self.pending: dict[str, list] = {}
         self.batches: dict[int, MicroBatch] = {}
         self.batch_of: dict[str, int] = {}
-        # Called before this rank evaluates a step it computed (rank 0 waits there
-        # for its upstream rank without polling).
-        self.before_eval = lambda: None
 
-    def run(self, item: WorkItem) -> mx.array | None:
+    def run(self, item: WorkItem, inputs: mx.array | None = None) -> mx.array | None:
         """Apply `item`. The last stage returns lazy (rows, vocab) logits when the item
-        produces tokens; everything else is evaluated here."""
+        produces tokens; everything else is evaluated here. `inputs` are the (lazy)
+        tokens of a decode issued ahead on a single rank."""
         self._drop(item.drop)
         if isinstance(item, Prefill):
             return self._prefill(item)
         if isinstance(item, Decode):
-            return self._decode(item)
+            return self._decode(item, inputs)
         assert isinstance(item, Release)
         return None
 
@@ -52,11 +50,10 @@ class StageExecutor:
         out = self._forward(item.tokens, cache, batch=1, length=len(item.tokens))
         if self.stage.is_last and item.final:
             return out[:, -1, :]
-        self.before_eval()
         mx.eval(out if not self.stage.is_last else [c.state for c in cache])
         return None
 
-    def _decode(self, item: Decode) -> mx.array | None:
+    def _decode(self, item: Decode, inputs: mx.array | None) -> mx.array | None:
         batch = self.batches.setdefault(item.batch, MicroBatch())
         if item.join:
             self._join(batch, item.batch, item.join)
@@ -66,7 +63,9 @@ class StageExecutor:
                 f"rank 0 sent {item.seqs}"
             )
         rows = len(item.seqs)
-        if item.tokens_via_ring and self.stage.is_first and not self.stage.is_last:
+        if inputs is not None:
+            tokens = inputs.reshape(rows, 1)
+        elif item.issued_ahead and self.stage.is_first:
             template = mx.zeros((rows,), dtype=mx.int32)
             received = mx.distributed.recv_like(template, 0, group=self.stage.group)
             tokens = received.reshape(rows, 1)

@@ -16,7 +16,7 @@ from ..cluster import Cluster
 from ..control import ControlError
 from .executor import StageExecutor
 from .liveness import STOP_SIGNALS, StepWatchdog, exit_soon, is_ring_error, send_heartbeats
-from .work import Release, from_message
+from .work import from_message
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +60,7 @@ def run_follower(cluster: Cluster) -> int:
             return 0
         watchdog.begin()
         try:
-            item = from_message(message)
-            executor.run(item)
-            if config.rank == 1 and not isinstance(item, Release):
-                leader.send({"type": "done"})
+            executor.run(from_message(message))
         except ControlError as exc:
             lost(f"rank 0 lost: {exc}")
             return 1

@@ -26,9 +26,17 @@ from .interface import (
     NotReadyError,
     QueueFullError,
 )
-from .liveness import StepWatchdog, exit_soon, is_ring_error, send_heartbeats, watch_peer
+from .liveness import (
+    BLAME_DELAY_SECONDS,
+    StepWatchdog,
+    exit_soon,
+    is_ring_error,
+    send_heartbeats,
+    watch_peer,
+)
+from .sampling import Draw
 from .scheduler import Scheduler, Sequence
-from .work import to_message
+from .work import Decode, WorkItem, to_message
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +62,12 @@ class PipelineEngine:
         self.depth = cluster.world_size
         self.max_open = max_batch + max_queue
         self.peers = dict(cluster.channels)
+        self.first_stage = cluster.world_size - 1
         self.inflight: deque = deque()
+        # One rank: the next decode step, already running, with its sampling.
+        self._started: tuple[WorkItem, Draw | None] | None = None
+        # One rank: the lazy input tokens of a decode issued ahead, by micro-batch.
+        self._ahead_inputs: dict[int, mx.array] = {}
         self._inbox: deque = deque()
         self._wake = threading.Condition()
         self._streams: dict[str, Sequence] = {}
@@ -66,11 +79,6 @@ class PipelineEngine:
         # leave after that are no failure.
         self._stopped = threading.Event()
         self.watchdog = StepWatchdog(config.step_timeout, self.fail)
-        # Rank 1 says "done" when it has sent a step's hidden states; rank 0 then
-        # receives at once instead of busy-polling the ring while rank 1 computes.
-        self._upstream_done = threading.Semaphore(0)
-        if cluster.world_size > 1:
-            self.executor.before_eval = self._wait_upstream
 
     # -- the API side ------------------------------------------------------
     def submit(self, request: GenerationRequest) -> Iterator[Event]:
@@ -162,8 +170,7 @@ class PipelineEngine:
         send_heartbeats(list(self.peers.values()), interval, self._stopped)
         timeout = self.cluster.config.heartbeat_timeout
         for rank, channel in self.peers.items():
-            on_done = self._upstream_done.release if rank == 1 else None
-            watch_peer(rank, channel, timeout, self.fail, self._stopped, on_done)
+            watch_peer(rank, channel, timeout, self.fail, self._stopped)
         self._loading = False
         log.info("all %d rank(s) loaded; ready", self.cluster.world_size)
 
@@ -188,6 +195,9 @@ class PipelineEngine:
         except Exception as exc:  # any failure here leaves the ranks out of step
             if is_ring_error(exc):
                 log.error("the MLX ring failed: %s", exc)
+                # The ring does not say which rank went away; the watcher of the lost
+                # rank's control connection does, given a moment (first one wins).
+                time.sleep(BLAME_DELAY_SECONDS)
                 self.fail("a rank was lost")
             else:
                 log.exception("engine loop failed")
@@ -204,7 +214,7 @@ class PipelineEngine:
         self.scheduler.expire(time.monotonic())
         # One more than the stages: micro-batches issued ahead must leave room to
         # start new prompts.
-        while len(self.inflight) < self.depth + (self.cluster.world_size > 1):
+        while len(self.inflight) < self.depth + 1:
             item = self.scheduler.next_item()
             if item is None:
                 break
@@ -216,24 +226,40 @@ class PipelineEngine:
                     self._wake.wait(timeout=0.5 if self.scheduler.active else None)
             return
         item = self.inflight.popleft()
-        ahead = self.scheduler.decode_ahead(item) if self.cluster.world_size > 1 else None
+        ahead = self.scheduler.decode_ahead(item)
         if ahead is not None:
             self._broadcast(ahead)
         self.watchdog.begin()
-        logits = self.executor.run(item)
-        if logits is not None:
-            self.executor.before_eval()
-        sampling = self.scheduler.start_sampling(item, logits)
-        if sampling is None and logits is not None:
-            mx.eval(logits)  # unsampled (cancelled), but its ring receive must happen
+        if self._started is not None and self._started[0] is item:
+            sampling, self._started = self._started[1], None
+        else:
+            inputs = self._ahead_inputs.pop(item.batch, None) if isinstance(item, Decode) else None
+            sampling = self._start(item, inputs)
         if ahead is not None:
             tokens = self.scheduler.ahead_tokens(item, ahead, sampling)
-            first_stage = self.cluster.world_size - 1
-            mx.async_eval(mx.distributed.send(tokens, first_stage, group=self.cluster.group))
+            if self.cluster.world_size > 1:
+                # The first stage's graph for `ahead` waits for them in the ring.
+                mx.async_eval(
+                    mx.distributed.send(tokens, self.first_stage, group=self.cluster.group)
+                )
+            elif self.inflight[0] is ahead:
+                # One rank: queue the next step before reading this one, as
+                # mlx_lm.generate_step does, so building its graph overlaps compute.
+                self._started = (ahead, self._start(ahead, tokens))
+            else:
+                self._ahead_inputs[ahead.batch] = tokens  # runs after the items before it
         # The HTTP threads take the last step's tokens while this step computes.
         self.scheduler.flush()
         self.scheduler.on_result(item, sampling)
         self.watchdog.end()
+
+    def _start(self, item: WorkItem, inputs: mx.array | None = None) -> Draw | None:
+        """Run `item` on this rank and start sampling what it produced."""
+        logits = self.executor.run(item, inputs)
+        sampling = self.scheduler.start_sampling(item, logits)
+        if sampling is None and logits is not None:
+            mx.eval(logits)  # unsampled (cancelled), but its ring receive must happen
+        return sampling
 
     def _broadcast(self, item) -> None:
         """Send `item` to every rank and queue it for this one, in issue order."""
@@ -241,10 +267,6 @@ class PipelineEngine:
         for channel in self.peers.values():
             channel.send(message)
         self.inflight.append(item)
-
-    def _wait_upstream(self) -> None:
-        # Bounded by the step deadline: the watchdog ends the process past it.
-        self._upstream_done.acquire(timeout=self.cluster.config.step_timeout)
 
     def _take_inbox(self) -> bool:
         """Apply queued adds and cancels; True when a drain was requested."""

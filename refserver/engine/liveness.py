@@ -86,13 +86,11 @@ def watch_peer(
     timeout: float,
     on_lost: Callable[[str], None],
     stopped: threading.Event,
-    on_done: Callable[[], None] | None = None,
 ) -> None:
     """Start a thread that reads a peer's messages; silence or EOF means it is lost.
 
     `on_lost` gets a short reason naming the rank (clients see it); the details
     are logged here. Once `stopped` is set, the peer leaving is expected.
-    `on_done` is called for each "done" (the peer finished a step and sent its output).
     """
 
     def read():
@@ -105,9 +103,7 @@ def watch_peer(
                     on_lost(f"rank {rank} lost")
                 return
             kind = message.get("type")
-            if kind == "done" and on_done is not None:
-                on_done()
-            elif kind == "failed":
+            if kind == "failed":
                 log.error("rank %d failed: %s", rank, message.get("error", "unknown error"))
                 # A rank often fails because its ring neighbour died: give the watcher
                 # of that neighbour a moment to report the loss itself (first one wins).

@@ -1,11 +1,11 @@
 """Work items: what every rank does for one pipeline step, as rank 0 decided it.
 
 Rank 0 sends each item over the control plane before running it itself; every
-rank runs the items in the same order, so their KV caches never diverge. Token
-ids ride in the item: rank 0 must read each sampled token anyway to decide stops
-before it can say what the next step holds, and the first stage then needs no
-ring receive (a blocking socket read costs no CPU; a ring receive busy-polls).
-"""
+rank runs the items in the same order, so their KV caches never diverge. A
+micro-batch's first decode step carries its input tokens in the item; its later
+steps are issued one step ahead and take the tokens rank 0 samples over the ring.
+While work is in flight the ranks wait inside ring operations (which poll, but
+answer fastest); between requests they block in a socket read, which costs no CPU."""
 
 from __future__ import annotations
 
@@ -34,8 +34,9 @@ class Decode:
     Before the step, `drop` sequences leave whatever cache holds them and `join`
     sequences (prefilled, waiting) enter this micro-batch's batched cache, in
     that order; `seqs` then lists the batch rows in order, `tokens` their inputs.
-    With `tokens_via_ring`, rank 0 issued the item one step ahead and sends the
-    inputs over the ring to the first stage once it has sampled them.
+    With `issued_ahead`, rank 0 issued the item one step ahead: its inputs are the
+    previous step's samples, which rank 0 sends over the ring to the first stage
+    (on one rank they go straight into the next step).
     """
 
     batch: int
@@ -43,7 +44,7 @@ class Decode:
     tokens: list[int]
     join: list[str] = field(default_factory=list)
     drop: list[str] = field(default_factory=list)
-    tokens_via_ring: bool = False
+    issued_ahead: bool = False
     kind: str = "decode"
 
 
