@@ -9,9 +9,10 @@ variable REFSERVER_TEST_FORCED_TOKENS names a JSON file::
 
 A sequence whose prompt, decoded, contains a marker (the one found last, if several)
 takes that script's tokens instead of the sampled ones, one per step, until the script
-ends (then it samples freely). The ranks still compute every step; only the chosen token
-is replaced, and the replaced token is what the model is fed next. The file is read
-again for each new sequence, so a test may add scripts while the cluster runs.
+ends (then it samples freely). The ranks still compute every step; only the token that
+reaches the API is replaced (steps decoded one ahead are fed the sampled token, which a
+random model does not mind). The file is read again for each new sequence, so a test
+may add scripts while the cluster runs.
 """
 
 from __future__ import annotations
