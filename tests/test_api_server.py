@@ -261,3 +261,40 @@ def test_port_check():
     check_port_free("127.0.0.1", port)
     with pytest.raises(PortUnavailableError):
         check_port_free("no-such-host.invalid", 8080)
+
+
+def test_shutdown_lets_a_slow_reader_receive_the_whole_response():
+    """Responses already made (a drain's last ones) reach a client that reads slowly."""
+    tokens = TOKENIZER.encode(TEXT) * 2000
+    engine = FakeEngine(tokens)
+    app = create_app(engine, TOKENIZER, settings(context_length=len(tokens) + 64))
+    server = make_server(app, "127.0.0.1", 0, threads=4)
+    threading.Thread(target=server.run, daemon=True).start()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # far less than the body
+    sock.connect(("127.0.0.1", int(server.effective_port)))
+    body = json.dumps({"messages": USER, "stream": True, "max_tokens": len(tokens)}).encode()
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+        + body
+    )
+    deadline = time.monotonic() + 30
+    while not engine.finished and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert engine.finished  # the whole response is made; most of it is still unsent
+    received = bytearray()
+
+    def read_slowly():
+        sock.settimeout(30)
+        while chunk := sock.recv(4096):
+            received.extend(chunk)
+            time.sleep(0.0005)
+
+    reader = threading.Thread(target=read_slowly)
+    reader.start()
+    shutdown(server)
+    reader.join(timeout=60)
+    sock.close()
+    tail = bytes(received[-64:])
+    assert b"data: [DONE]\n\n" in tail and tail.endswith(b"\r\n0\r\n\r\n"), tail  # chunked

@@ -12,6 +12,7 @@ import ipaddress
 import json
 import logging
 import socket
+import time
 import uuid
 from typing import Any
 
@@ -108,11 +109,26 @@ def make_server(
     return server
 
 
-def shutdown(server: Any) -> None:
-    """Stop a server made by make_server: close its sockets, stop its worker threads."""
+def shutdown(server: Any, flush_seconds: float = 10.0) -> None:
+    """Stop a server made by make_server: close its sockets, stop its worker threads.
+
+    Responses still being written, or made but not yet sent (a slow reader), first
+    get up to `flush_seconds` to reach their clients: a drain must not cut them off.
+    """
+    deadline = time.monotonic() + flush_seconds
+    while _unsent_responses(server) and time.monotonic() < deadline:
+        time.sleep(0.05)
     server.task_dispatcher.shutdown(timeout=1)
     for listener in _listeners(server):
         wasyncore.close_all(listener._map)
+
+
+def _unsent_responses(server: Any) -> bool:
+    for listener in _listeners(server):
+        for channel in list(listener._map.values()):
+            if isinstance(channel, HTTPChannel) and (channel.requests or channel.total_outbufs_len):
+                return True
+    return False
 
 
 def serve(app: Flask, host: str, port: int, threads: int = DEFAULT_THREADS) -> None:
