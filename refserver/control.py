@@ -12,6 +12,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import queue
 import socket
 import struct
 import threading
@@ -145,53 +146,80 @@ def accept_peers(
 
     `check_hello(rank, facts)` returns an error message or None. A stranger (an
     address outside the hostfile, a wrong token, a duplicate or invalid rank) is
-    refused and logged; it does not count towards the cluster. Any mismatch of
+    refused and logged; it does not count towards the cluster. Hellos are read
+    concurrently, so a connection that stays silent delays nobody. Any mismatch of
     facts is fatal and is reported to every peer that already joined.
     """
     channels: dict[int, Channel] = {}
+    vetted: queue.Queue[tuple[Channel, int]] = queue.Queue()
+    stop = threading.Event()
+    args = (listener, world_size, allowed_hosts, token, vetted, stop)
+    acceptor = threading.Thread(target=_accept_loop, args=args, name="control-accept", daemon=True)
+    acceptor.start()
     deadline = time.monotonic() + timeout
-    while len(channels) < world_size - 1:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            missing = sorted(set(range(1, world_size)) - set(channels))
-            _refuse_all(channels, "cluster start-up timed out")
-            raise ControlError(
-                f"ranks {missing} did not join the control plane within {timeout:g} s"
-            )
-        listener.settimeout(remaining)
-        try:
-            sock, (host, port) = listener.accept()
-        except TimeoutError:
-            continue
-        channel = Channel(sock, f"{host}:{port}")
-        rank = _admit(channel, host, world_size, allowed_hosts, token, channels)
-        if rank is None:
-            continue
-        error = check_hello(rank, channel.hello_facts)
-        if error:
-            channel.send({"type": "refused", "error": error})
-            channel.close()
-            _refuse_all(channels, error)
-            raise ControlError(error)
-        channel.peer = f"rank {rank} at {channel.peer}"
-        channels[rank] = channel
+    try:
+        while len(channels) < world_size - 1:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                missing = sorted(set(range(1, world_size)) - set(channels))
+                _refuse_all(channels, "cluster start-up timed out")
+                raise ControlError(
+                    f"ranks {missing} did not join the control plane within {timeout:g} s"
+                )
+            try:
+                channel, rank = vetted.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if rank in channels:
+                _refuse(channel, f"rank {rank} already joined")
+                continue
+            error = check_hello(rank, channel.hello_facts)
+            if error:
+                channel.send({"type": "refused", "error": error})
+                channel.close()
+                _refuse_all(channels, error)
+                raise ControlError(error)
+            channel.peer = f"rank {rank} at {channel.peer}"
+            channels[rank] = channel
+    finally:
+        stop.set()
+        # Out of accept() before the caller closes the listener: a socket closed while
+        # a thread blocks in accept() keeps taking connections until that call returns.
+        acceptor.join()
+        while not vetted.empty():  # joined too late to count
+            vetted.get_nowait()[0].close()
     for channel in channels.values():
         channel.send({"type": "welcome"})
     return channels
 
 
-def _admit(channel, host, world_size, allowed_hosts, token, channels) -> int | None:
-    """Read and vet a hello; return the rank, or None after refusing the stranger."""
-    if host not in allowed_hosts:
-        log.warning("refused control connection from %s: not a cluster host", channel.peer)
-        channel.close()
-        return None
+def _accept_loop(listener, world_size, allowed_hosts, token, vetted, stop) -> None:
+    """Accept connections until `stop`; read each hello in a thread of its own."""
+    listener.settimeout(0.05)  # how soon `stop` is seen
+    while not stop.is_set():
+        try:
+            sock, (host, port) = listener.accept()
+        except TimeoutError:
+            continue
+        except OSError:  # the listener was closed
+            return
+        channel = Channel(sock, f"{host}:{port}")
+        if host not in allowed_hosts:
+            log.warning("refused control connection from %s: not a cluster host", channel.peer)
+            channel.close()
+            continue
+        args = (channel, world_size, token, vetted, stop)
+        threading.Thread(target=_read_hello, args=args, name="control-hello", daemon=True).start()
+
+
+def _read_hello(channel, world_size, token, vetted, stop) -> None:
+    """Read and vet a hello; queue (channel, rank), or refuse the stranger."""
     try:
         hello = channel.recv(timeout=HELLO_TIMEOUT, max_bytes=MAX_HELLO_BYTES)
     except ControlError as exc:
         log.warning("refused control connection from %s: %s", channel.peer, exc)
         channel.close()
-        return None
+        return
     rank = hello.get("rank")
     reason = None
     if hello.get("type") != "hello":
@@ -200,18 +228,22 @@ def _admit(channel, host, world_size, allowed_hosts, token, channels) -> int | N
         reason = "wrong cluster token"
     elif not isinstance(rank, int) or not 0 < rank < world_size:
         reason = f"invalid rank {rank!r}"
-    elif rank in channels:
-        reason = f"rank {rank} already joined"
     if reason:
-        log.warning("refused control connection from %s: %s", channel.peer, reason)
-        try:
-            channel.send({"type": "refused", "error": reason})
-        except ControlError:
-            pass
+        _refuse(channel, reason)
+    elif stop.is_set():
         channel.close()
-        return None
-    channel.hello_facts = hello.get("facts", {})
-    return rank
+    else:
+        channel.hello_facts = hello.get("facts", {})
+        vetted.put((channel, rank))
+
+
+def _refuse(channel: Channel, reason: str) -> None:
+    log.warning("refused control connection from %s: %s", channel.peer, reason)
+    try:
+        channel.send({"type": "refused", "error": reason})
+    except ControlError:
+        pass
+    channel.close()
 
 
 def _refuse_all(channels: dict[int, Channel], error: str) -> None:

@@ -87,3 +87,30 @@ def test_strangers_do_not_count_and_the_real_peer_joins():
     assert welcome == {"type": "welcome"}
     assert list(result["channels"]) == [1]
     result["channels"][1].close()
+
+
+def test_a_silent_connection_does_not_delay_the_real_peer():
+    listener = listen("127.0.0.1", 0)
+    port = listener.getsockname()[1]
+    result = {}
+
+    def accept():
+        result["channels"] = accept_peers(
+            listener, 2, {"127.0.0.1"}, "token", 10.0, lambda rank, facts: None
+        )
+
+    thread = threading.Thread(target=accept)
+    thread.start()
+    silent = socket.create_connection(("127.0.0.1", port), timeout=10)
+    time.sleep(0.2)  # accepted, its hello being awaited
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(frame({"type": "hello", "rank": 1, "token": "token", "facts": {}}))
+        welcome = Channel(sock, "rank 0").recv(timeout=5)
+        thread.join(timeout=10)
+    joined_after = time.monotonic() - started
+    silent.close()
+    listener.close()
+    assert welcome == {"type": "welcome"} and list(result["channels"]) == [1]
+    assert joined_after < 2.0  # not held for the silent one's hello timeout (5 s)
+    result["channels"][1].close()
