@@ -339,3 +339,40 @@ def test_auth_takes_x_api_key_or_bearer(tiny_tokenizer, headers, status):
         else:
             assert response.status_code == 200
     assert len(engine.requests) == (1 if status == 200 else 0)
+
+
+def test_a_failed_tool_result_says_so(tiny_tokenizer):
+    client, engine = scripted(tiny_tokenizer, "</think>ok")
+    use = {"type": "tool_use", "id": "toolu_1", "name": "read_file", "input": {"path": "/a"}}
+    failed = {"type": "tool_result", "tool_use_id": "toolu_1", "content": "No such file"}
+    failed["is_error"] = True
+    messages = [
+        *USER,
+        {"role": "assistant", "content": [use]},
+        {"role": "user", "content": [failed]},
+    ]
+    assert _post(client, messages=messages, tools=TOOLS).status_code == 200
+    assert "<response>Error: No such file</response>" in prompt_of(engine, tiny_tokenizer)
+
+
+PREFILLS = [
+    ("string", "The answer is", True),
+    ("text blocks", [{"type": "text", "text": "The answer is"}], True),
+    ("tool use", [{"type": "tool_use", "id": "t1", "name": "read_file", "input": {}}], False),
+]
+
+
+@pytest.mark.parametrize(
+    "content, continued", [p[1:] for p in PREFILLS], ids=[p[0] for p in PREFILLS]
+)
+def test_a_conversation_ending_on_assistant_text_is_continued(tiny_tokenizer, content, continued):
+    client, engine = scripted(tiny_tokenizer, " four.")
+    messages = [*USER, {"role": "assistant", "content": content}]
+    body = _post(client, messages=messages, tools=TOOLS).get_json()
+    prompt = prompt_of(engine, tiny_tokenizer)
+    assert prompt.endswith("]~b]ai\nThe answer is") is continued, prompt[-80:]
+    assert prompt.endswith("]~b]ai\n<think>\n") is not continued
+    if continued:  # the reply holds only what follows the prefill, as Anthropic's does
+        assert body["content"] == [{"type": "text", "text": " four."}]
+    counted = client.post(COUNT, json={"messages": messages, "tools": TOOLS}).get_json()
+    assert counted == {"input_tokens": len(engine.requests[-1].prompt_tokens)}

@@ -34,5 +34,6 @@ def agent_builder(plan: ToolPlan, prompt: Prompt) -> AgentMessage:
         plan.tools,
         parse_tool_calls=plan.parse_tool_calls,
         starts_in_reasoning=prompt_opens_reasoning(prompt.text or ""),
+        continues_text=prompt.continues_final,
     )
     return AgentMessage(parser)

@@ -61,4 +61,5 @@ class AnthropicRoutes:
             body.openai_tool_choice(),
             body.parallel_tool_calls,
             body.template_kwargs(),
+            continue_final=body.continues_assistant(),
         )

@@ -93,8 +93,10 @@ class ToolResultBlock(StrictModel):
     content: str | list[ResultPart] | None = None
     is_error: bool | None = None
 
-    def text(self) -> str:
-        return _text_of(self.content or "")
+    def result_text(self) -> str:
+        """The result as the model reads it; a failed tool's result says it failed."""
+        text = _text_of(self.content or "")
+        return f"Error: {text}" if self.is_error else text
 
 
 Block = Annotated[
@@ -163,7 +165,7 @@ class Message(StrictModel):
                     messages.append({"role": "user", "content": _text_of(texts)})
                     texts = []
                 result = {"role": "tool", "tool_call_id": block.tool_use_id}
-                messages.append({**result, "content": block.text()})
+                messages.append({**result, "content": block.result_text()})
             else:
                 texts.append(block)
         if texts or not messages:
@@ -233,6 +235,12 @@ class CountTokensRequest(StrictModel):
         for message in self.messages:
             messages += message.to_template()
         return messages
+
+    def continues_assistant(self) -> bool:
+        """A conversation that ends on assistant text is a prefill: the reply continues
+        that text instead of starting a new turn (as Anthropic's API does)."""
+        last = self.template_messages()[-1]
+        return last["role"] == "assistant" and bool(last["content"]) and "tool_calls" not in last
 
     def template_tools(self) -> list[dict[str, Any]]:
         return [tool.to_template() for tool in self.tools or []]

@@ -18,17 +18,19 @@ def render_chat(
     tool_choice: Any = None,
     parallel_tool_calls: bool = True,
     template_kwargs: Mapping[str, Any] | None = None,
+    continue_final: bool = False,
 ) -> tuple[Prompt, ToolPlan]:
     """Plan the tools (OpenAI format) for tool_choice, then render the plan's tools.
 
-    A malformed tool_choice is a 400 naming "tool_choice".
+    With `continue_final`, the prompt ends inside the last (assistant) message, so the
+    reply continues it. A malformed tool_choice is a 400 naming "tool_choice".
     """
     try:
         plan = plan_tools(tools, tool_choice, parallel_tool_calls)
     except ToolChoiceError as exc:
         raise invalid_request(str(exc), "tool_choice") from None
     messages = with_system_hint(messages, plan.system_hint)
-    return vocab.chat_prompt(messages, plan.tools, template_kwargs), plan
+    return vocab.chat_prompt(messages, plan.tools, template_kwargs, continue_final), plan
 
 
 def with_system_hint(messages: list[dict[str, Any]], hint: str | None) -> list[dict[str, Any]]:

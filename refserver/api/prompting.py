@@ -19,10 +19,12 @@ from refserver.api.errors import invalid_request
 
 @dataclass(frozen=True)
 class Prompt:
-    """A prompt ready for the engine. text is the rendered chat (None for token ids)."""
+    """A prompt ready for the engine. text is the rendered chat (None for token ids);
+    continues_final: it ends inside the last message, which the output continues."""
 
     token_ids: list[int]
     text: str | None = None
+    continues_final: bool = False
 
 
 class Vocabulary:
@@ -44,13 +46,18 @@ class Vocabulary:
         messages: list[dict[str, Any]],
         tools: list[dict[str, Any]] | None = None,
         template_kwargs: Mapping[str, Any] | None = None,
+        continue_final: bool = False,
     ) -> Prompt:
         """Render messages (and tools) with the chat template and encode the result.
 
-        A template that rejects the conversation (e.g. roles out of order) is a 400.
+        The prompt opens a new assistant turn, or with `continue_final` ends inside
+        the last message. A template that rejects the conversation (e.g. roles out
+        of order) is a 400.
         """
         kwargs = {**self._template_defaults, **(template_kwargs or {})}
-        kwargs.update(tools=tools or None, add_generation_prompt=True, tokenize=False)
+        kwargs.update(tools=tools or None, tokenize=False)
+        kwargs.update(add_generation_prompt=not continue_final)
+        kwargs.update(continue_final_message=continue_final)
         try:
             with self._lock:
                 text = self._tokenizer.apply_chat_template(messages, **kwargs)
@@ -60,7 +67,8 @@ class Vocabulary:
                 f"the chat template rejected the request: {message}", "messages"
             ) from None
         with self._lock:
-            return Prompt(self._tokenizer.encode(text, add_special_tokens=False), text)
+            token_ids = self._tokenizer.encode(text, add_special_tokens=False)
+        return Prompt(token_ids, text, continue_final)
 
     def completion_prompt(self, prompt: str | list[int]) -> Prompt:
         """Encode a text prompt the way mlx_lm does, or check a token-id prompt."""

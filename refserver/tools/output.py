@@ -79,9 +79,9 @@ def _partial_marker_length(text: str, markers: tuple[str, ...]) -> int:
 class _Channel:
     """One output channel (content or reasoning), trimmed at both ends as it streams."""
 
-    def __init__(self, kind: type[ContentDelta] | type[ReasoningDelta]):
+    def __init__(self, kind: type[ContentDelta] | type[ReasoningDelta], started: bool = False):
         self._kind = kind
-        self._started = False
+        self._started = started
         self._pending_space = ""
 
     def push(self, text: str, events: list[OutputEvent]) -> None:
@@ -102,6 +102,8 @@ class OutputParser:
     parse_tool_calls: False leaves ``<minimax:tool_call>`` blocks in the content (tool
     choice "none", or no tools offered).
     starts_in_reasoning: the prompt ended with ``<think>``, see ``prompt_opens_reasoning``.
+    continues_text: the prompt ended inside assistant text (a prefill), so the output's
+    leading whitespace belongs to that text and is kept.
     """
 
     def __init__(
@@ -110,13 +112,14 @@ class OutputParser:
         *,
         parse_tool_calls: bool = True,
         starts_in_reasoning: bool = False,
+        continues_text: bool = False,
     ):
         self._tools = tools
         self._parse_tool_calls = parse_tool_calls
         self._state = _State.REASONING if starts_in_reasoning else _State.CONTENT
         self._buffer = ""  # Unhandled text: a delta, or a tail that may begin a marker.
         self._block: list[str] = []  # The tool-call block read so far.
-        self._content = _Channel(ContentDelta)
+        self._content = _Channel(ContentDelta, started=continues_text)
         self._reasoning = _Channel(ReasoningDelta)
         self.tool_calls: list[ToolCall] = []
         self.tool_call_incomplete = False
