@@ -55,9 +55,9 @@ def test_an_oversized_message_is_refused_unread():
     theirs.close()
 
 
-def test_strangers_do_not_count_and_the_real_peer_joins():
+def start_accepting():
+    """Rank 0 accepting one peer (rank 1) in a thread: (listener, port, thread, result)."""
     listener = listen("127.0.0.1", 0)
-    port = listener.getsockname()[1]
     result = {}
 
     def accept():
@@ -67,6 +67,11 @@ def test_strangers_do_not_count_and_the_real_peer_joins():
 
     thread = threading.Thread(target=accept)
     thread.start()
+    return listener, listener.getsockname()[1], thread, result
+
+
+def test_strangers_do_not_count_and_the_real_peer_joins():
+    listener, port, thread, result = start_accepting()
     replies = []
     for hello in (
         frame({"type": "hello", "rank": 1, "token": "wrong", "facts": {}}),
@@ -90,17 +95,7 @@ def test_strangers_do_not_count_and_the_real_peer_joins():
 
 
 def test_a_silent_connection_does_not_delay_the_real_peer():
-    listener = listen("127.0.0.1", 0)
-    port = listener.getsockname()[1]
-    result = {}
-
-    def accept():
-        result["channels"] = accept_peers(
-            listener, 2, {"127.0.0.1"}, "token", 10.0, lambda rank, facts: None
-        )
-
-    thread = threading.Thread(target=accept)
-    thread.start()
+    listener, port, thread, result = start_accepting()
     silent = socket.create_connection(("127.0.0.1", port), timeout=10)
     time.sleep(0.2)  # accepted, its hello being awaited
     started = time.monotonic()
