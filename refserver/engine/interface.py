@@ -90,9 +90,14 @@ class Finished:
 
 @dataclass(frozen=True)
 class ErrorEvent:
-    """The engine failed this request (a rank was lost, an internal error)."""
+    """The engine failed this request.
+
+    code: "engine_error" when the cluster failed (a rank was lost), "request_failed"
+    when the request's own settings failed (e.g. its sampler) and the cluster serves on.
+    """
 
     message: str
+    code: str = "engine_error"
 
 
 Event = TokenEvent | PrefillProgress | Finished | ErrorEvent

@@ -4,9 +4,15 @@ Greedy rows take the argmax of the log-probabilities exactly as
 mlx_lm.generate_step does, so greedy output matches single-process mlx_lm.
 Penalties and filters reuse mlx_lm.sample_utils; each seeded sequence draws
 from its own PRNG key, so a seed reproduces regardless of batch neighbours.
+
+A row whose own sampling raises fails that sequence alone (`RowFailure`): the batch
+still gets a token for it, so every rank's step stays the same, and rank 0 drops
+the row with the next item. Only a failure of the whole step is the cluster's.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import mlx.core as mx
 from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p, make_logits_processors
@@ -15,6 +21,21 @@ from .interface import SamplingParams, TokenEvent
 
 # How many of the latest tokens the penalties see (mlx_lm's default context is 20).
 HISTORY = 64
+# PRNG keys take a 64-bit unsigned seed; any other integer is taken modulo 2**64.
+SEED_MODULUS = 2**64
+
+
+@dataclass(frozen=True)
+class RowFailure:
+    """A row whose sampling failed: its sequence ends with an error saying `detail`."""
+
+    detail: str
+
+
+def describe_failure(exc: Exception) -> str:
+    """A client-safe line for a request's own failure (no traceback, bounded)."""
+    detail = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
 
 
 class SequenceSampler:
@@ -31,7 +52,7 @@ class SequenceSampler:
         # The penalties look back over the context, generated tokens included. It
         # stays lazy: a step decoded ahead is sampled before the last token is read.
         self.history = mx.array(prompt_tokens[-HISTORY:], dtype=mx.int32)
-        self.key = mx.random.key(params.seed) if params.seed is not None else None
+        self.key = None if params.seed is None else mx.random.key(params.seed % SEED_MODULUS)
 
     @property
     def is_plain_greedy(self) -> bool:
@@ -50,7 +71,7 @@ class SequenceSampler:
             filtered = apply_top_p(filtered, self.params.top_p)
         if self.params.min_p > 0:
             filtered = apply_min_p(filtered, self.params.min_p)
-        if self.params.top_k > 0:
+        if 0 < self.params.top_k < filtered.shape[-1]:  # k >= vocabulary keeps every token
             filtered = apply_top_k(filtered, self.params.top_k)
         scaled = filtered * (1 / self.params.temperature)
         if self.key is not None:
@@ -67,26 +88,40 @@ class SequenceSampler:
 class Draw:
     """One token per row, being computed: started by `draw`, read by `events`."""
 
-    def __init__(self, tokens: mx.array, row_logprobs: list, samplers: list[SequenceSampler]):
+    def __init__(
+        self,
+        tokens: mx.array,
+        row_logprobs: list,
+        samplers: list[SequenceSampler],
+        failures: dict[int, RowFailure] | None = None,
+    ):
         self.tokens = tokens
         self.row_logprobs = row_logprobs
         self.samplers = samplers
-        self.wanted = [i for i, s in enumerate(samplers) if s.params.logprobs]
+        self.failures = failures or {}
+        self.wanted = [
+            i for i, s in enumerate(samplers) if s.params.logprobs and i not in self.failures
+        ]
         for i, sampler in enumerate(samplers):
-            sampler.extend(tokens[i : i + 1])
+            if i not in self.failures:
+                sampler.extend(tokens[i : i + 1])
         mx.async_eval(tokens, [row_logprobs[i] for i in self.wanted])
 
-    def events(self) -> list[TokenEvent]:
-        """Wait for the tokens; one TokenEvent per row."""
+    def events(self) -> list[TokenEvent | RowFailure]:
+        """Wait for the tokens; one TokenEvent (or RowFailure) per row."""
         token_ids = self.tokens.tolist()
-        events = []
-        for i, (sampler, token) in enumerate(zip(self.samplers, token_ids, strict=True)):
-            if i in self.wanted:
-                top = sampler.params.top_logprobs
-                events.append(_with_logprobs(token, self.row_logprobs[i][0], top))
-            else:
-                events.append(TokenEvent(token))
-        return events
+        return [self._event(i, token) for i, token in enumerate(token_ids)]
+
+    def _event(self, row: int, token: int) -> TokenEvent | RowFailure:
+        if row in self.failures:
+            return self.failures[row]
+        if row not in self.wanted:
+            return TokenEvent(token)
+        try:
+            top = self.samplers[row].params.top_logprobs
+            return _with_logprobs(token, self.row_logprobs[row][0], top)
+        except Exception as exc:  # this request's own settings; the others go on
+            return RowFailure(describe_failure(exc))
 
 
 def draw(logits: mx.array, samplers: list[SequenceSampler]) -> Draw:
@@ -95,11 +130,18 @@ def draw(logits: mx.array, samplers: list[SequenceSampler]) -> Draw:
     if all(s.is_plain_greedy for s in samplers):
         tokens = mx.argmax(logprobs, axis=-1)
         row_logprobs = [logprobs[i : i + 1] for i in range(len(samplers))]
-    else:
-        chosen = [s.choose(logprobs[i : i + 1], logits[i : i + 1]) for i, s in enumerate(samplers)]
-        tokens = mx.concatenate([token.reshape(1) for token, _ in chosen])
-        row_logprobs = [row for _, row in chosen]
-    return Draw(tokens, row_logprobs, samplers)
+        return Draw(tokens, row_logprobs, samplers)
+    chosen, row_logprobs, failures = [], [], {}
+    for i, sampler in enumerate(samplers):
+        row = logprobs[i : i + 1]
+        try:
+            token, row = sampler.choose(row, logits[i : i + 1])
+        except Exception as exc:  # this request's own settings; the others go on
+            failures[i] = RowFailure(describe_failure(exc))
+            token = mx.argmax(row, axis=-1)  # a stand-in, so the step stays whole
+        chosen.append(token.reshape(1))
+        row_logprobs.append(row)
+    return Draw(mx.concatenate(chosen), row_logprobs, samplers, failures)
 
 
 def _with_logprobs(token: int, row: mx.array, top: int) -> TokenEvent:

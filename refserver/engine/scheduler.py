@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import mlx.core as mx
 
 from .interface import ErrorEvent, Finished, GenerationRequest, PrefillProgress, TokenEvent
-from .sampling import Draw, SequenceSampler, draw
+from .sampling import Draw, RowFailure, SequenceSampler, describe_failure, draw
 from .work import Decode, Prefill, Release, WorkItem
 
 
@@ -69,7 +69,12 @@ class Scheduler:
     # -- requests in -------------------------------------------------------
     def add(self, sequence: Sequence) -> None:
         prompt = sequence.request.prompt_tokens
-        sequence.sampler = SequenceSampler(sequence.request.sampling, prompt)
+        try:
+            sequence.sampler = SequenceSampler(sequence.request.sampling, prompt)
+        except Exception as exc:  # the request's own settings: it fails alone
+            sequence.done = True
+            self._emit(sequence, _request_failed(describe_failure(exc)))
+            return
         body = prompt[:-1]
         for start in range(0, len(body), self.prefill_step_size):
             sequence.chunks.append((body[start : start + self.prefill_step_size], False))
@@ -210,6 +215,13 @@ class Scheduler:
                 if not sequence.done:  # finished or cancelled while this step ran
                     self._deliver(sequence, event)
 
+    def _deliver(self, sequence: Sequence, event: TokenEvent | RowFailure) -> None:
+        if isinstance(event, RowFailure):
+            self._remove(sequence)
+            self._end(sequence, _request_failed(event.detail))
+        else:
+            self._deliver_token(sequence, event)
+
     def flush(self) -> None:
         """Hand the queued events to their requests' streams."""
         outbox, self.outbox = self.outbox, []
@@ -238,7 +250,7 @@ class Scheduler:
         self.joining[sequence.batch].append(sequence)
         self._deliver(sequence, event)
 
-    def _deliver(self, sequence: Sequence, event: TokenEvent) -> None:
+    def _deliver_token(self, sequence: Sequence, event: TokenEvent) -> None:
         sequence.generated += 1
         if event.token_id in self.eos_token_ids:
             self._remove(sequence)
@@ -256,15 +268,18 @@ class Scheduler:
                 group.remove(sequence)
 
     def _finish(self, sequence: Sequence, reason: str, holds_cache: bool = True) -> None:
+        prompt_tokens = len(sequence.request.prompt_tokens)
+        self._end(sequence, Finished(reason, prompt_tokens, sequence.generated), holds_cache)
+
+    def _end(self, sequence: Sequence, last_event, holds_cache: bool = True) -> None:
+        """The sequence's last event; its caches leave with the next item."""
         sequence.done = True
         self.by_id.pop(sequence.id, None)
         if holds_cache:
             self.to_drop.append(sequence.id)
         if sequence is self.prefilling and not self.prefill_busy:
             self.prefilling = None
-        self._emit(
-            sequence, Finished(reason, len(sequence.request.prompt_tokens), sequence.generated)
-        )
+        self._emit(sequence, last_event)
 
     def fail_all(self, message: str) -> None:
         """Every unfinished sequence ends with an error (a rank was lost)."""
@@ -275,3 +290,7 @@ class Scheduler:
                 sequence.events.put(ErrorEvent(message))
         self.by_id.clear()
         self.waiting.clear()
+
+
+def _request_failed(detail: str) -> ErrorEvent:
+    return ErrorEvent(f"this request failed: {detail}", "request_failed")
