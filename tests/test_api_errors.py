@@ -43,9 +43,10 @@ CASES = [
         CHAT,
         b'{"messages": [{"role": "user", "content": "a\\ud800b"}]}',
         400,
-        None,
+        "messages[0].content",
         "invalid_json",
     ),
+    ("lone surrogate key", CHAT, b'{"x": {"\\udc00": 1}}', 400, "x", "invalid_json"),
     ("null body", CHAT, b"null", 400, None, "invalid_json"),
     ("nan", CHAT, b'{"messages": [], "temperature": NaN}', 400, None, "invalid_json"),
     ("5000-digit int", CHAT, b'{"max_tokens": ' + b"9" * 5000 + b"}", 400, None, "invalid_json"),
@@ -224,10 +225,15 @@ def test_missing_or_invalid_content_length(client, content_length, status, code)
     _assert_still_serving(client)
 
 
-def test_body_limit_is_configurable(engine, tokenizer):
+@pytest.mark.parametrize("size, status", [(100, 200), (101, 413)])
+def test_body_limit_is_configurable_and_exact(engine, tokenizer, size, status):
     client = create_app(engine, tokenizer, settings(max_body_bytes=100)).test_client()
-    _assert_error(client.post(CHAT, json={"messages": USER, "user": "x" * 100}), 413)
-    assert client.post(CHAT, json={"messages": USER}).status_code == 200
+    body = json.dumps({"messages": USER}).encode().ljust(size)  # JSON allows trailing spaces
+    response = client.post(CHAT, data=body, content_type="application/json")
+    assert response.status_code == status
+    if status == 413:
+        error = _assert_error(response, 413, None, "request_too_large")
+        assert "at most 100 bytes" in error["message"]
 
 
 def test_nulls_mean_absent(client, engine):

@@ -175,6 +175,16 @@ def test_server_level_errors_are_error_objects(serve, headers, body, status, cod
     assert reply.choices[0].message.content == TEXT
 
 
+@pytest.mark.parametrize("size, status", [(1000, 200), (1001, 413)])
+def test_body_limit_is_exact_and_named_exactly(serve, size, status):
+    port = serve(_engine(), max_body_bytes=1000)
+    body = json.dumps({"messages": USER}).encode().ljust(size)  # JSON allows trailing spaces
+    got_status, payload = _response(_post(port, body))
+    assert got_status == status
+    if status == 413:
+        assert "at most 1000 bytes" in payload["error"]["message"]
+
+
 def test_chunked_request_body_is_accepted(serve):
     port = serve(_engine())
     body = json.dumps({"messages": USER}).encode()

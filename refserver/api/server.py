@@ -21,8 +21,10 @@ from waitress import create_server, wasyncore
 from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer, MultiSocketServer
 from waitress.task import ErrorTask
+from waitress.utilities import RequestEntityTooLarge
 
 from refserver.api.errors import error_body
+from refserver.api.request_body import too_large_message
 from refserver.api.settings import ApiSettings
 
 log = logging.getLogger(__name__)
@@ -155,6 +157,8 @@ class _JsonErrorTask(ErrorTask):
         error = self.request.error
         code = error.reason.lower().replace(" ", "_")
         message = f"{error.reason}: {error.body}"
+        if isinstance(error, RequestEntityTooLarge):  # waitress names its limit, one above ours
+            message = too_large_message(self.channel.adj.max_request_body_size - 1)
         body = json.dumps(error_body(error.code, message, code=code)).encode()
         self.status = f"{error.code} {error.reason}"
         self.response_headers.append(("Content-Type", "application/json"))
