@@ -206,6 +206,20 @@ def test_openai_sdk_chat(serve):
         _sdk(port, "wrong").chat.completions.create(model="tiny", messages=USER)
 
 
+def test_openai_sdk_retrieves_the_model(serve):
+    client = _sdk(serve(_engine()))
+    assert client.models.retrieve("tiny").id == "tiny-test-model"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-4")
+
+
+def test_doubled_slash_is_served_not_redirected(serve):
+    port = serve(_engine())
+    body = json.dumps({"messages": USER}).encode()
+    status, payload = _response(_post(port, body, path="/v1//chat/completions"))
+    assert status == 200 and payload["choices"][0]["message"]["content"] == TEXT
+
+
 def test_openai_sdk_stream_with_usage(serve):
     port = serve(_engine())
     stream = _sdk(port).chat.completions.create(

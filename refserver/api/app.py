@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
@@ -24,7 +26,10 @@ from refserver.engine.interface import Engine
 log = logging.getLogger(__name__)
 
 _OPEN_PATHS = frozenset(("/health",))
+_REPEATED_SLASHES = re.compile("/{2,}")
 _CORS_HEADERS = "Authorization, Content-Type, x-api-key, anthropic-version, anthropic-beta"
+
+WsgiApp = Callable[[dict[str, Any], Any], Iterable[bytes]]
 
 
 def create_app(
@@ -39,6 +44,7 @@ def create_app(
     content, reasoning and tool calls (``plain_text_builder`` leaves the text raw).
     """
     app = Flask("refserver.api")
+    app.wsgi_app = _collapse_slashes(app.wsgi_app)
     app.extensions["refserver"] = settings  # read by server.serve()
     app.json.sort_keys = False
     app.json.ensure_ascii = False
@@ -54,6 +60,17 @@ def create_app(
     OpenAIRoutes(submitter, message_builder).register(app)
     AnthropicRoutes(submitter, message_builder).register(app)
     return app
+
+
+def _collapse_slashes(wsgi_app: WsgiApp) -> WsgiApp:
+    """Serve /v1//chat/completions (a base_url ending in "/") as /v1/chat/completions;
+    werkzeug would answer with a redirect and an HTML body, which clients do not expect."""
+
+    def collapsed(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        environ["PATH_INFO"] = _REPEATED_SLASHES.sub("/", environ.get("PATH_INFO", ""))
+        return wsgi_app(environ, start_response)
+
+    return collapsed
 
 
 def _is_anthropic_route() -> bool:

@@ -34,13 +34,21 @@ class OpenAIRoutes:
     def register(self, app: Flask) -> None:
         for prefix in ("/v1", ""):
             app.get(f"{prefix}/models", endpoint=f"models{prefix}")(self.models)
+            app.get(f"{prefix}/models/<path:model_id>", endpoint=f"model{prefix}")(self.model)
             app.post(f"{prefix}/chat/completions", endpoint=f"chat{prefix}")(self.chat)
             app.post(f"{prefix}/completions", endpoint=f"completions{prefix}")(self.completions)
 
     def models(self) -> Response:
+        return jsonify({"object": "list", "data": [self._model_object()]})
+
+    def model(self, model_id: str) -> Response:
+        """The served model under any name a request may use (the SDK's models.retrieve)."""
+        self._check_model(model_id)
+        return jsonify(self._model_object())
+
+    def _model_object(self) -> dict:
         model = {"id": self._settings.model_name, "object": "model", "created": 0}
-        model |= {"owned_by": "refserver", "context_length": self._settings.context_length}
-        return jsonify({"object": "list", "data": [model]})
+        return model | {"owned_by": "refserver", "context_length": self._settings.context_length}
 
     def chat(self) -> Response:
         body = parse_request(ChatCompletionRequest, self._submitter.read_body())

@@ -19,6 +19,8 @@ from pydantic import (
     model_validator,
 )
 
+from refserver.api.request_body import lone_surrogate_path
+
 MAX_STOP_STRINGS = 16
 MAX_STOP_CHARS = 1000
 MAX_LOGIT_BIAS = 1024
@@ -44,6 +46,28 @@ def check_stop_strings(strings: list[str]) -> None:
         raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings, got {len(strings)}")
     if any(len(s) > MAX_STOP_CHARS for s in strings):
         raise ValueError(f"a stop string may have at most {MAX_STOP_CHARS} characters")
+
+
+def _template_switches(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Template kwargs with "true"/"false" (any case) as booleans: a template reads every
+    non-empty string as true, so "false" would do the opposite of what it says.
+
+    enable_thinking must then be a boolean; null leaves the server's default, as a null
+    field does.
+    """
+    switches = {key: _as_boolean(value) for key, value in kwargs.items()}
+    thinking = switches.get("enable_thinking")
+    if thinking is None:
+        switches.pop("enable_thinking", None)
+    elif not isinstance(thinking, bool):
+        raise ValueError(f"enable_thinking must be true or false, got {thinking!r:.40}")
+    return switches
+
+
+def _as_boolean(value: Any) -> Any:
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    return value
 
 
 class StrictModel(BaseModel):
@@ -93,6 +117,17 @@ class SamplingFields(StrictModel):
         if n is not None and n != 1:
             raise ValueError(f"only n=1 is supported, got {n}")
         return n
+
+    @field_validator("stream_options")
+    @classmethod
+    def _only_when_streaming(
+        cls, options: StreamOptions | None, info: ValidationInfo
+    ) -> StreamOptions | None:
+        # As OpenAI does. "stream" is missing from info.data only when it failed its own
+        # check, which is then the error to report.
+        if options is not None and info.data.get("stream", True) is not True:
+            raise ValueError("stream_options is only allowed when stream is true")
+        return options
 
     @field_validator("logit_bias")
     @classmethod
@@ -147,6 +182,27 @@ class FunctionCall(StrictModel):
     name: str
     arguments: str | dict[str, Any] = "{}"
 
+    @field_validator("arguments")
+    @classmethod
+    def _arguments_are_text(cls, arguments: str | dict[str, Any]) -> str | dict[str, Any]:
+        # The body's check saw a JSON string, where an escaped surrogate is still plain
+        # text: it appears once the arguments are decoded for the template.
+        where = lone_surrogate_path(_decoded_arguments(arguments))
+        if where is not None:
+            inside = f" at {where[:200]}" if where else ""
+            raise ValueError(f"the JSON holds a lone UTF-16 surrogate (\\ud800-\\udfff){inside}")
+        return arguments
+
+
+def _decoded_arguments(arguments: str | dict[str, Any]) -> Any:
+    """A JSON string decoded; anything else (or a string that is not JSON) as it is."""
+    if isinstance(arguments, str):
+        try:
+            return json.loads(arguments)
+        except (ValueError, RecursionError):
+            pass  # left as the client's string; the template decides what to do
+    return arguments
+
 
 class ToolCall(StrictModel):
     id: str | None = None
@@ -155,12 +211,7 @@ class ToolCall(StrictModel):
 
     def to_template(self) -> dict[str, Any]:
         """The call for the chat template, arguments decoded to an object when they are JSON."""
-        arguments: Any = self.function.arguments
-        if isinstance(arguments, str):
-            try:
-                arguments = json.loads(arguments)
-            except (ValueError, RecursionError):
-                pass  # left as the client's string; the template decides what to do
+        arguments = _decoded_arguments(self.function.arguments)
         call = {"type": self.type, "function": {"name": self.function.name, "arguments": arguments}}
         return call if self.id is None else {"id": self.id, **call}
 
@@ -236,11 +287,13 @@ class ChatCompletionRequest(SamplingFields):
 
     @field_validator("chat_template_kwargs")
     @classmethod
-    def _no_reserved_kwargs(cls, kwargs: dict[str, Any] | None) -> dict[str, Any] | None:
-        reserved = sorted(RESERVED_TEMPLATE_KWARGS.intersection(kwargs or {}))
+    def _template_kwargs(cls, kwargs: dict[str, Any] | None) -> dict[str, Any] | None:
+        if kwargs is None:
+            return None
+        reserved = sorted(RESERVED_TEMPLATE_KWARGS.intersection(kwargs))
         if reserved:
             raise ValueError(f"these keys may not be set: {', '.join(reserved)}")
-        return kwargs
+        return _template_switches(kwargs)
 
 
 class CompletionRequest(SamplingFields):
