@@ -120,6 +120,78 @@ def test_parameter_missing_its_closing_tags_is_kept():
     assert calls_of(text) == [("run", {"command": "ls -l"})]
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        '<minimax:tool_call><invoke name="run"><parameter name="command">ls</parameter>\n'
+        "</minimax:tool_call>\nDone.",
+        '<minimax:tool_call><invoke name="run"><parameter name="command">ls</parameter>'
+        '</invoke><invoke name="run"><parameter name="command">pwd</parameter>'
+        "</minimax:tool_call>\nDone.",
+    ],
+)
+def test_a_missing_invoke_close_still_ends_the_block(text):
+    result = parse_output(text, TOOLS)
+    assert [call.name for call in result.tool_calls] == ["run"] * text.count("<invoke")
+    assert result.content == "Done."
+
+
+# Parameter values holding the format's own tags. Each must come back whole: a closing
+# tag inside a value is told apart by what follows it.
+TRICKY_VALUES = [
+    "a </invoke> b",
+    "a </minimax:tool_call> b",
+    "</invoke>\n</minimax:tool_call>",
+    "done: </invoke></minimax:tool_call> and more",
+    "</parameter>",
+    "x </parameter> y",
+    "ends with </parameter>\n</invoke>",
+    "</parameter>\n</invoke>\nnot a call",
+    "</parameter>\n<parameter",
+    "</parameter><parameter>",
+    '<minimax:tool_call>\n<invoke name="x">\n<parameter name="y">',
+    'print("</minimax:tool_call>")',
+]
+
+
+def tricky_outputs(value: str) -> list[tuple[str, list[tuple[str, dict]]]]:
+    """The value as the first parameter, the last of an invoke, and the last of a block."""
+    first, last = {"content": value, "path": "/a.md"}, {"path": "/a.md", "content": value}
+    ls = ("run", {"command": "ls"})
+    cases = [[("write", first), ls], [("write", last), ls], [ls, ("write", last)]]
+    return [
+        ("Writing it." + block(*(invoke(n, **p) for n, p in calls)) + "\nDone.", calls)
+        for calls in cases
+    ]
+
+
+TRICKY = [case for value in TRICKY_VALUES for case in tricky_outputs(value)]
+
+
+@pytest.mark.parametrize(("text", "calls"), TRICKY)
+def test_values_holding_closing_tags_parse_whole(text, calls):
+    result = parse_output(text, TOOLS)
+    assert calls_of(text) == calls
+    assert result.content == "Writing it.\nDone."
+    assert not result.tool_call_incomplete
+
+
+@pytest.mark.parametrize(("text", "calls"), TRICKY)
+def test_values_holding_closing_tags_stream_whole_at_any_split(text, calls):
+    whole = stream(text, [text], starts_in_reasoning=False)
+    assert [(e[2], json.loads(e[3])) for e in whole[0] if e[0] == "call"] == calls
+    chunkings = [list(text)] + [[text[:i], text[i:]] for i in range(1, len(text))]
+    assert all(stream(text, pieces, starts_in_reasoning=False) == whole for pieces in chunkings)
+
+
+def test_a_block_cut_inside_a_tricky_value_is_incomplete():
+    text = "Hi" + block(invoke("run", command="a </minimax:tool_call> b </parameter>"))
+    cut = text[: text.index(" </parameter>")]
+    result = parse_output(cut, TOOLS)
+    assert result.tool_calls == [] and result.tool_call_incomplete
+    assert result.content == cut
+
+
 def test_call_ids_are_unique():
     text = block(*[invoke("run", command=str(i)) for i in range(50)])
     ids = [call.id for call in parse_output(text, TOOLS).tool_calls]
@@ -280,6 +352,11 @@ OUTPUTS = [
         False,
         "<<minimax:tool_call>" + invoke("run", command="</minimax:tool") + "</minimax:tool_call>",
     ),
+    (
+        False,
+        '<minimax:tool_call><invoke name="run"><parameter name="command">ls</minimax:tool_call>',
+    ),
+    (False, "x" + block(invoke("run", command="a </minimax:tool_call> b </parameter> c"))[:-40]),
 ]
 
 

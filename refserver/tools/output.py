@@ -15,10 +15,13 @@ Each of the reasoning and content texts is trimmed of leading and trailing white
 follows in the same channel and dropped at the end, so no lone newline is streamed after
 a tool call. Inner whitespace is kept verbatim.
 
-A tool-call block still open at ``finish()`` (cut by max_tokens) is not lost: its raw
+A tool-call block ends at its real closing tag, not at one inside a parameter value
+(see ``BlockScanner``). A block still open at ``finish()`` whose text ends with
+``</minimax:tool_call>`` (a call missing some closing tags) is read as closed there.
+Any other block still open (cut by max_tokens or a stop string) is not lost: its raw
 text, ``<minimax:tool_call>`` included, is emitted as content, and ``tool_call_incomplete``
-turns True so that the caller can report finish_reason "length". A closed block with no
-``<invoke>`` in it is emitted as content too.
+turns True so that the caller reports why generation ended, not "tool_calls". A closed
+block with no ``<invoke>`` in it is emitted as content too.
 """
 
 from __future__ import annotations
@@ -26,7 +29,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
-from refserver.tools.minimax import TOOL_CALL_END, TOOL_CALL_START, ToolCall, parse_tool_block
+from refserver.tools.minimax import (
+    TOOL_CALL_END,
+    TOOL_CALL_START,
+    BlockScanner,
+    ToolCall,
+    parse_tool_block,
+    tool_calls,
+)
 
 THINK_START = "<think>"
 THINK_END = "</think>"
@@ -118,7 +128,8 @@ class OutputParser:
         self._parse_tool_calls = parse_tool_calls
         self._state = _State.REASONING if starts_in_reasoning else _State.CONTENT
         self._buffer = ""  # Unhandled text: a delta, or a tail that may begin a marker.
-        self._block: list[str] = []  # The tool-call block read so far.
+        self._block: list[str] = []  # The raw text of the tool-call block read so far.
+        self._scanner = BlockScanner()
         self._content = _Channel(ContentDelta, started=continues_text)
         self._reasoning = _Channel(ReasoningDelta)
         self.tool_calls: list[ToolCall] = []
@@ -136,8 +147,7 @@ class OutputParser:
         """End of output: flush held-back text and return the last events."""
         events: list[OutputEvent] = []
         if self._state is _State.TOOL_CALL:
-            self.tool_call_incomplete = True
-            self._content.push(TOOL_CALL_START + "".join(self._block) + self._buffer, events)
+            self._finish_tool_block(events)
         else:
             self._channel().push(self._buffer, events)
         self._buffer = ""
@@ -146,8 +156,6 @@ class OutputParser:
     def _markers(self) -> tuple[str, ...]:
         if self._state is _State.REASONING:
             return (THINK_END,)
-        if self._state is _State.TOOL_CALL:
-            return (TOOL_CALL_END,)
         return (THINK_START, TOOL_CALL_START) if self._parse_tool_calls else (THINK_START,)
 
     def _channel(self) -> _Channel:
@@ -155,35 +163,56 @@ class OutputParser:
 
     def _step(self, events: list[OutputEvent]) -> bool:
         """Handle the first marker in the buffer; return False when none is complete."""
+        if self._state is _State.TOOL_CALL:
+            return self._read_tool_block(events)
         found = [(i, m) for m in self._markers() if (i := self._buffer.find(m)) >= 0]
         if not found:
             self._hold_back_partial_marker(events)
             return False
         index, marker = min(found)
         before, self._buffer = self._buffer[:index], self._buffer[index + len(marker) :]
-        if self._state is _State.TOOL_CALL:
-            self._end_tool_block("".join(self._block) + before, events)
-        else:
-            self._channel().push(before, events)
-            self._state = {
-                THINK_START: _State.REASONING,
-                THINK_END: _State.CONTENT,
-                TOOL_CALL_START: _State.TOOL_CALL,
-            }[marker]
+        self._channel().push(before, events)
+        self._state = {
+            THINK_START: _State.REASONING,
+            THINK_END: _State.CONTENT,
+            TOOL_CALL_START: _State.TOOL_CALL,
+        }[marker]
         return True
 
     def _hold_back_partial_marker(self, events: list[OutputEvent]) -> None:
-        """Pass on all but a tail that may begin a marker; a tool block is only collected."""
+        """Pass on all but a tail that may begin a marker."""
         split = len(self._buffer) - _partial_marker_length(self._buffer, self._markers())
-        if self._state is _State.TOOL_CALL:
-            self._block.append(self._buffer[:split])
-        else:
-            self._channel().push(self._buffer[:split], events)
+        self._channel().push(self._buffer[:split], events)
         self._buffer = self._buffer[split:]
 
-    def _end_tool_block(self, block: str, events: list[OutputEvent]) -> None:
+    def _read_tool_block(self, events: list[OutputEvent]) -> bool:
+        """Give the buffer to the block's scanner; True once the block has ended."""
+        text, self._buffer = self._buffer, ""
+        self._block.append(text)
+        after = self._scanner.feed(text)
+        if after is None:
+            return False
+        self._buffer = after
+        raw = "".join(self._block)
+        block = raw[: len(raw) - len(after) - len(TOOL_CALL_END)]
+        self._end_tool_block(block, tool_calls(self._scanner.invokes, self._tools), events)
+        return True
+
+    def _finish_tool_block(self, events: list[OutputEvent]) -> None:
+        """The output ended inside a block: closed after all if it ends with the closing
+        tag, else cut off and kept as raw content."""
+        raw = "".join(self._block)
+        block = raw.rstrip()
+        if block.endswith(TOOL_CALL_END):
+            block = block.removesuffix(TOOL_CALL_END)
+            self._end_tool_block(block, parse_tool_block(block, self._tools), events)
+        else:
+            self.tool_call_incomplete = True
+            self._content.push(TOOL_CALL_START + raw, events)
+
+    def _end_tool_block(self, block: str, calls: list[ToolCall], events: list[OutputEvent]) -> None:
         self._block = []
-        calls = parse_tool_block(block, self._tools)
+        self._scanner = BlockScanner()
         if not calls:
             self._content.push(TOOL_CALL_START + block + TOOL_CALL_END, events)
         for call in calls:
