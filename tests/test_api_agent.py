@@ -79,6 +79,17 @@ def test_stream_deltas(tiny_tokenizer):
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] > 0
 
 
+def _content_and_reason(client, stream: bool, **fields) -> tuple[str, str]:
+    """The reply's content and finish_reason, checking that it holds no tool call."""
+    if not stream:
+        choice = _chat(client, **fields).get_json()["choices"][0]
+        assert "tool_calls" not in choice["message"]
+        return choice["message"]["content"], choice["finish_reason"]
+    deltas = [c["choices"][0] for c in _stream(client, **fields)]
+    assert not any("tool_calls" in c["delta"] for c in deltas)
+    return "".join(c["delta"].get("content", "") for c in deltas), deltas[-1]["finish_reason"]
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_call_cut_by_max_tokens_is_length_and_kept_as_content(tiny_tokenizer, stream):
     output = "</think>Reading." + tool_block(READ)
@@ -87,17 +98,16 @@ def test_a_call_cut_by_max_tokens_is_length_and_kept_as_content(tiny_tokenizer, 
     cut = len(tokens) - 3  # inside the closing tags
     partial = tiny_tokenizer.decode(tokens[:cut]).removeprefix("</think>")
     assert partial.startswith("Reading.<minimax:tool_call>\n<invoke") and "</invoke>" not in partial
-    if stream:
-        deltas = [c["choices"][0] for c in _stream(client, max_tokens=cut)]
-        content = "".join(c["delta"].get("content", "") for c in deltas)
-        reason = deltas[-1]["finish_reason"]
-        assert not any("tool_calls" in c["delta"] for c in deltas)
-    else:
-        choice = _chat(client, max_tokens=cut).get_json()["choices"][0]
-        content, reason = choice["message"]["content"], choice["finish_reason"]
-        assert "tool_calls" not in choice["message"]
-    assert reason == "length"
-    assert content == partial.rstrip()
+    assert _content_and_reason(client, stream, max_tokens=cut) == (partial.rstrip(), "length")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_call_cut_by_a_stop_string_is_stop_and_kept_as_content(tiny_tokenizer, stream):
+    output = "</think>Reading." + tool_block(READ)
+    client, _ = scripted(tiny_tokenizer, output)
+    stop = '<parameter name="limit">'
+    partial = output.removeprefix("</think>").split(stop)[0]
+    assert _content_and_reason(client, stream, stop=[stop]) == (partial.rstrip(), "stop")
 
 
 def test_plain_answer_after_reasoning_stops(tiny_tokenizer):

@@ -106,6 +106,12 @@ def test_stream_events(tiny_tokenizer):
         ),
         ("</think>Hello there, a long answer.", {"max_tokens": 6}, "max_tokens", None),
         ("</think>Let me read." + CALL, {"max_tokens": 12}, "max_tokens", None),
+        (
+            "</think>Let me read." + CALL,
+            {"stop_sequences": ['"limit">']},
+            "stop_sequence",
+            '"limit">',
+        ),
     ],
 )
 def test_stop_reasons(tiny_tokenizer, stream, output, fields, reason, sequence):
@@ -118,9 +124,10 @@ def test_stop_reasons(tiny_tokenizer, stream, output, fields, reason, sequence):
     assert (final["stop_reason"], final["stop_sequence"]) == (reason, sequence)
 
 
-def test_a_cut_tool_call_is_kept_as_text(tiny_tokenizer):
+@pytest.mark.parametrize("fields", [{"max_tokens": 12}, {"stop_sequences": ['"limit">']}])
+def test_a_cut_tool_call_is_kept_as_text(tiny_tokenizer, fields):
     client, _ = scripted(tiny_tokenizer, "</think>Let me read." + CALL)
-    body = _post(client, tools=TOOLS, max_tokens=12).get_json()
+    body = _post(client, tools=TOOLS, **fields).get_json()
     (text,) = body["content"]
     assert text["type"] == "text" and text["text"].startswith("Let me read.<minimax:tool_call>")
 

@@ -9,8 +9,9 @@ from refserver.tools import OutputEvent, OutputParser, ToolPlan, prompt_opens_re
 class AgentMessage:
     """``<think>`` text becomes reasoning and ``<minimax:tool_call>`` blocks tool calls.
 
-    finish_reason: "length" when a tool call was cut off (its raw text is kept as
-    content), else "tool_calls" when the model called a tool, else the engine's reason.
+    finish_reason: "tool_calls" when the model called a tool and finished the call, else
+    the engine's reason: a call cut off by max_tokens ("length") or a stop string ("stop")
+    keeps its raw text as content.
     """
 
     def __init__(self, parser: OutputParser):
@@ -23,9 +24,8 @@ class AgentMessage:
         return self._parser.finish()
 
     def finish_reason(self, reason: str) -> str:
-        if self._parser.tool_call_incomplete:
-            return "length"
-        return "tool_calls" if self._parser.tool_calls else reason
+        finished_a_call = bool(self._parser.tool_calls) and not self._parser.tool_call_incomplete
+        return "tool_calls" if finished_a_call else reason
 
 
 def agent_builder(plan: ToolPlan, prompt: Prompt) -> AgentMessage:
