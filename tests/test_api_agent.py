@@ -110,6 +110,23 @@ def test_a_call_cut_by_a_stop_string_is_stop_and_kept_as_content(tiny_tokenizer,
     assert _content_and_reason(client, stream, stop=[stop]) == (partial.rstrip(), "stop")
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_call_whose_value_holds_closing_tags_arrives_whole(tiny_tokenizer, stream):
+    command = "printf '</parameter>\\n</invoke>\\n</minimax:tool_call>' > format.txt"
+    client, _ = scripted(
+        tiny_tokenizer, "</think>Writing." + tool_block(("run", {"command": command}))
+    )
+    if stream:
+        deltas = [c["choices"][0] for c in _stream(client)]
+        calls = [d["delta"]["tool_calls"][0] for d in deltas if "tool_calls" in d["delta"]]
+        reason = deltas[-1]["finish_reason"]
+    else:
+        choice = _chat(client).get_json()["choices"][0]
+        calls, reason = choice["message"]["tool_calls"], choice["finish_reason"]
+    assert [arguments(call) for call in calls] == [{"command": command}]
+    assert reason == "tool_calls"
+
+
 def test_plain_answer_after_reasoning_stops(tiny_tokenizer):
     client, _ = scripted(tiny_tokenizer, "Short thought.</think>\n\nHello there.")
     choice = _chat(client).get_json()["choices"][0]
