@@ -10,6 +10,9 @@ from refserver.api.schemas import SamplingFields
 from refserver.api.settings import ApiSettings
 from refserver.engine.interface import GenerationRequest, SamplingParams
 
+# The seed that UIs (and llama.cpp) send to mean "no seed".
+RANDOM_SEED = -1
+
 
 def engine_request(
     request_id: str,
@@ -80,10 +83,15 @@ def sampling_params(
         presence_penalty=_given(body.presence_penalty, 0.0),
         frequency_penalty=_given(body.frequency_penalty, 0.0),
         logit_bias=bias,
-        seed=body.seed,
+        seed=_seed(body.seed),
         logprobs=top_logprobs is not None,
         top_logprobs=top_logprobs or 0,
     )
+
+
+def _seed(seed: int | None) -> int | None:
+    """-1 asks for a random draw, as UIs send it; any other seed reproduces."""
+    return None if seed == RANDOM_SEED else seed
 
 
 def _given(value, default):

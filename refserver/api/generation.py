@@ -65,6 +65,11 @@ class GenerationFailed(Exception):
         self.message = message
         self.code = code
 
+    @property
+    def status(self) -> int:
+        """500 for the request's own failure (a retry fails alike), else 503 (retry later)."""
+        return 500 if self.code == "request_failed" else 503
+
 
 class EventPump:
     """Read an engine event stream in a thread, so that the reader can wait with a timeout.
@@ -145,7 +150,7 @@ def generate(
             if event is None:
                 continue
             if isinstance(event, ErrorEvent):
-                raise GenerationFailed(event.message, "engine_error")
+                raise GenerationFailed(event.message, event.code)
             if isinstance(event, Finished):
                 yield from _finish(event, text, pending)
                 return

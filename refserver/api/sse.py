@@ -76,7 +76,7 @@ def event_stream(
             yield fmt.keepalive if isinstance(chunk, KeepAlive) else fmt.encode(chunk)
     except GenerationFailed as exc:
         log.warning("request %s failed while streaming: %s", request_id, exc.message)
-        yield fmt.error(503, exc.message, exc.code)
+        yield fmt.error(exc.status, exc.message, exc.code)
     except Exception:
         log.exception("request %s failed while streaming", request_id)
         yield fmt.error(500, f"internal error, request id {request_id}", "internal_error")

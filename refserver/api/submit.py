@@ -67,8 +67,8 @@ class Submitter:
 
     @staticmethod
     def reply(build: Callable[[], dict[str, Any]]) -> Response:
-        """The JSON reply `build` makes; a failed generation is a 503."""
+        """The JSON reply `build` makes; a failed generation is a 500 or 503 (see status)."""
         try:
             return jsonify(build())
         except GenerationFailed as exc:
-            raise ApiError(503, exc.message, code=exc.code) from None
+            raise ApiError(exc.status, exc.message, code=exc.code) from None

@@ -13,6 +13,9 @@ ends (then it samples freely). The ranks still compute every step; only the toke
 reaches the API is replaced (steps decoded one ahead are fed the sampled token, which a
 random model does not mind). The file is read again for each new sequence, so a test
 may add scripts while the cluster runs.
+
+With REFSERVER_TEST_FAILING_SEED set, a sequence sampled with that seed has its
+sampler raise at its second token: one request's own failure, injected.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import json
 import os
 
 _FILE = os.environ.get("REFSERVER_TEST_FORCED_TOKENS")
+_FAILING_SEED = os.environ.get("REFSERVER_TEST_FAILING_SEED")
 
 
 def _script_for(prompt_tokens: list[int], decoders: dict) -> list[int]:
@@ -62,5 +66,22 @@ def _install() -> None:
     sampling.Draw.events = events
 
 
+def _install_failure(seed: int) -> None:
+    from refserver.engine import sampling
+
+    choose = sampling.SequenceSampler.choose
+
+    def failing(self, logprobs_row, logits_row):
+        if self.params.seed == seed:
+            self.draws = getattr(self, "draws", 0) + 1
+            if self.draws == 2:
+                raise RuntimeError("injected sampler failure")
+        return choose(self, logprobs_row, logits_row)
+
+    sampling.SequenceSampler.choose = failing
+
+
 if _FILE:
     _install()
+if _FAILING_SEED:
+    _install_failure(int(_FAILING_SEED))
