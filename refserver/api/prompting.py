@@ -1,20 +1,31 @@
 """Everything that touches the tokenizer: prompts in, token texts out.
 
 The tokenizer is a `transformers` fast tokenizer (or mlx_lm's wrapper of one):
-``apply_chat_template(..., tokenize=False)`` renders the chat, ``encode`` turns
-text into ids, ``decode`` turns ids back into text.
+``apply_chat_template(..., tokenize=False)`` renders the chat, its `tokenizers` backend
+turns text into ids, ``decode`` turns ids back into text.
+
+No lock: encoding and decoding only read the tokenizer (a fast tokenizer fails with
+"Already borrowed" only when its truncation or padding is changed while in use, which
+nothing here does), so a stream's decoding never waits for another request's prompt.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Mapping, Sequence
+import ctypes
+import ctypes.util
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import jinja2
 
-from refserver.api.errors import invalid_request
+from refserver.api.errors import ApiError, invalid_request
+
+# Generated text keeps these even when the tokenizer calls them special tokens:
+# the reasoning and tool-call parsers read them.
+PARSER_MARKERS = frozenset(("<think>", "</think>", "<minimax:tool_call>", "</minimax:tool_call>"))
+# Prompts at least this long leave megabytes of freed tokenizer buffers behind.
+_TRIM_AFTER_CHARS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -35,11 +46,11 @@ class Vocabulary:
         self._template_defaults = dict(template_defaults or {})
         self.size = len(tokenizer)
         self.eos_token_ids = _eos_token_ids(tokenizer)
+        self.max_prompt_chars = _max_prompt_chars(tokenizer)
+        self._encode_ids = _encoder(tokenizer)
+        self._hidden_ids = _control_token_ids(tokenizer)
         self._byte_decoder = _byte_level_decoder()
         self._token_cache: dict[int, tuple[str, bytes]] = {}
-        # A fast tokenizer used from several threads at once can fail with "Already
-        # borrowed"; the calls are short next to a model step, so they take turns.
-        self._lock = threading.Lock()
 
     def chat_prompt(
         self,
@@ -59,22 +70,18 @@ class Vocabulary:
         kwargs.update(add_generation_prompt=not continue_final)
         kwargs.update(continue_final_message=continue_final)
         try:
-            with self._lock:
-                text = self._tokenizer.apply_chat_template(messages, **kwargs)
+            text = self._tokenizer.apply_chat_template(messages, **kwargs)
         except (jinja2.TemplateError, ValueError, TypeError, RecursionError) as exc:
             message = str(exc)[:500] or type(exc).__name__
             raise invalid_request(
                 f"the chat template rejected the request: {message}", "messages"
             ) from None
-        with self._lock:
-            token_ids = self._tokenizer.encode(text, add_special_tokens=False)
-        return Prompt(token_ids, text, continue_final)
+        return Prompt(self._encode(text, "messages", special=False), text, continue_final)
 
     def completion_prompt(self, prompt: str | list[int]) -> Prompt:
         """Encode a text prompt the way mlx_lm does, or check a token-id prompt."""
         if isinstance(prompt, str):
-            with self._lock:
-                return Prompt(self._tokenizer.encode(prompt))
+            return Prompt(self._encode(prompt, "prompt", special=True))
         self.check_token_ids(prompt, "prompt")
         return Prompt(list(prompt))
 
@@ -87,8 +94,22 @@ class Vocabulary:
             )
 
     def decode(self, token_ids: Sequence[int]) -> str:
-        with self._lock:
-            return self._tokenizer.decode(list(token_ids))
+        """Generated text: control tokens (special, but not parser markers) are left out,
+        as ``skip_special_tokens`` leaves them out of mlx_lm's and transformers' output."""
+        return self._tokenizer.decode([t for t in token_ids if t not in self._hidden_ids])
+
+    def _encode(self, text: str, param: str, special: bool) -> list[int]:
+        """Token ids of text; 400 at once when it has more characters than can fit."""
+        if self.max_prompt_chars is not None and len(text) > self.max_prompt_chars:
+            message = (
+                f"the {param} has {len(text)} characters, more than the {self.max_prompt_chars} "
+                f"that can fit in this model's context of {self._tokenizer.model_max_length} tokens"
+            )
+            raise ApiError(400, message, param=param, code="context_length_exceeded")
+        token_ids = self._encode_ids(text, special)
+        if len(text) >= _TRIM_AFTER_CHARS:
+            release_free_memory()
+        return token_ids
 
     def token(self, token_id: int) -> tuple[str, bytes]:
         """The text of one token and its exact bytes (a token may hold part of a character)."""
@@ -98,15 +119,72 @@ class Vocabulary:
         return cached
 
     def _describe(self, token_id: int) -> tuple[str, bytes]:
-        text = self.decode([token_id])
+        text = self._tokenizer.decode([token_id])
         if "\ufffd" not in text:
             return text, text.encode()
         # A byte-level BPE token holding part of a UTF-8 character: map its symbols back.
-        with self._lock:
-            symbols = self._tokenizer.convert_ids_to_tokens(token_id) or ""
+        symbols = self._tokenizer.convert_ids_to_tokens(token_id) or ""
         if symbols and all(c in self._byte_decoder for c in symbols):
             return text, bytes(self._byte_decoder[c] for c in symbols)
         return text, text.encode()
+
+
+def _encoder(tokenizer: Any) -> Callable[[str, bool], list[int]]:
+    """encode(text, add_special_tokens): through the `tokenizers` backend when there is
+    one, whose batch call works without holding the GIL and skips the offsets."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return lambda text, special: tokenizer.encode(text, add_special_tokens=special)
+    return lambda text, special: (
+        backend.encode_batch_fast([text], add_special_tokens=special)[0].ids
+    )
+
+
+def _max_prompt_chars(tokenizer: Any) -> int | None:
+    """The most characters a prompt that fits in the context can have, or None if unknown.
+
+    A token covers at most as many characters as its vocabulary string is long (one
+    symbol per byte in byte-level BPE), so context x longest token bounds a prompt.
+    A Unicode normal form folds at most 4 code points into one; other normalizers
+    (stripping accents...) may drop text, and then no bound is derived.
+    """
+    context = getattr(tokenizer, "model_max_length", None)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if not isinstance(context, int) or context >= 1 << 40 or backend is None:
+        return None  # transformers' "no limit" is int(1e30)
+    normalizer = type(backend.normalizer).__name__ if backend.normalizer else None
+    if normalizer not in (None, "NFC", "NFD", "NFKC", "NFKD"):
+        return None
+    longest = max(len(token) for token in tokenizer.get_vocab())
+    return context * longest * (1 if normalizer is None else 4)
+
+
+def _control_token_ids(tokenizer: Any) -> frozenset[int]:
+    """Added tokens marked special, except the markers the output parsers need."""
+    added = getattr(tokenizer, "added_tokens_decoder", {})
+    return frozenset(
+        token_id
+        for token_id, token in added.items()
+        if token.special and token.content not in PARSER_MARKERS
+    )
+
+
+def release_free_memory() -> None:
+    """Hand freed heap memory back to the system (glibc keeps it per thread arena)."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _load_libc() -> Any:
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    return libc if libc is not None and hasattr(libc, "malloc_trim") else None
+
+
+_LIBC = _load_libc()
 
 
 def _eos_token_ids(tokenizer: Any) -> frozenset[int]:

@@ -1,0 +1,111 @@
+"""The tokenizer as the API uses it, on the tiny model's MiniMax-shaped tokenizer: control
+tokens stay out of generated text, impossible prompts are refused by their length, and
+decoding never waits for another request's encoding."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from api_fakes import FakeEngine, settings
+from transformers import PreTrainedTokenizerFast
+
+from refserver.api import create_app, prompting
+from refserver.api.errors import ApiError
+from refserver.api.prompting import Vocabulary
+from simcluster.tokenizer import BOS, CHAT_TEMPLATE, EOS, MARKERS, TURN, train_tokenizer
+
+CONTEXT = 64
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> PreTrainedTokenizerFast:
+    return PreTrainedTokenizerFast(
+        tokenizer_object=train_tokenizer(512),
+        eos_token=EOS,
+        chat_template=CHAT_TEMPLATE,
+        model_max_length=CONTEXT,
+    )
+
+
+@pytest.fixture(scope="module")
+def vocab(tokenizer) -> Vocabulary:
+    return Vocabulary(tokenizer)
+
+
+def ids(tokenizer, text: str) -> list[int]:
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+def test_control_tokens_are_left_out_of_generated_text(tokenizer, vocab):
+    generated = ids(tokenizer, f"{TURN}ai\n<think>\nhm</think>{BOS}Hi <minimax:tool_call>{EOS}")
+    assert vocab.decode(generated) == "ai\n<think>\nhm</think>Hi <minimax:tool_call>"
+
+
+def test_control_tokens_are_left_out_of_a_reply(tokenizer):
+    engine = FakeEngine(ids(tokenizer, f"{BOS}{TURN}Paris"), eos_id=tokenizer.eos_token_id)
+    client = create_app(engine, tokenizer, settings()).test_client()
+    reply = client.post("/v1/completions", json={"prompt": "The capital", "max_tokens": 8})
+    assert reply.status_code == 200, reply.json
+    assert reply.json["choices"][0]["text"] == "Paris"
+
+
+def test_logprob_tokens_still_name_control_tokens(tokenizer, vocab):
+    assert vocab.token(ids(tokenizer, TURN)[0])[0] == TURN
+
+
+def test_encoding_matches_the_tokenizer(tokenizer, vocab):
+    text = f"{BOS}Once upon a time <think> 日本 🙂"
+    assert vocab.completion_prompt(text).token_ids == tokenizer.encode(text)
+    chat = vocab.chat_prompt([{"role": "user", "content": text}])
+    assert chat.token_ids == ids(tokenizer, chat.text)
+
+
+def test_a_prompt_longer_than_can_fit_is_refused_before_encoding(vocab, monkeypatch):
+    monkeypatch.setattr(vocab, "_encode_ids", None)  # never reached
+    with pytest.raises(ApiError) as refused:
+        vocab.completion_prompt("x" * (vocab.max_prompt_chars + 1))
+    assert (refused.value.status, refused.value.param) == (400, "prompt")
+    assert refused.value.code == "context_length_exceeded"
+
+
+def test_the_length_bound_never_refuses_a_prompt_that_fits(vocab):
+    longest = max(MARKERS, key=len)  # the longest token of this vocabulary
+    prompt = longest * CONTEXT
+    assert len(prompt) == vocab.max_prompt_chars
+    assert len(vocab.completion_prompt(prompt).token_ids) == CONTEXT
+
+
+def test_no_bound_when_the_context_is_unknown():
+    unbounded = PreTrainedTokenizerFast(tokenizer_object=train_tokenizer(512))
+    assert Vocabulary(unbounded).max_prompt_chars is None
+
+
+def test_decoding_does_not_wait_for_a_long_encoding(tokenizer):
+    unbounded = Vocabulary(PreTrainedTokenizerFast(tokenizer_object=train_tokenizer(512)))
+    encoding = threading.Thread(target=unbounded.completion_prompt, args=("hello " * 400_000,))
+    encoding.start()
+    slowest = 0.0
+    while encoding.is_alive():
+        started = time.monotonic()
+        unbounded.decode(ids(tokenizer, "Once upon a time"))
+        slowest = max(slowest, time.monotonic() - started)
+    assert slowest < 0.1
+
+
+@pytest.mark.skipif(prompting._LIBC is None, reason="malloc_trim is glibc's")
+def test_a_huge_prompt_leaves_no_memory_behind():
+    unbounded = Vocabulary(PreTrainedTokenizerFast(tokenizer_object=train_tokenizer(512)))
+    before = _rss_mb()
+    for _ in range(3):  # in threads of their own, as waitress's: one malloc arena each
+        encoding = threading.Thread(target=unbounded.completion_prompt, args=("hi " * 500_000,))
+        encoding.start()
+        encoding.join()
+    assert _rss_mb() - before < 100
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
