@@ -14,6 +14,9 @@ from pathlib import Path
 
 from .split import SPLIT_VARIABLE
 
+# HTTP threads beyond the open requests the engine admits (--max-batch + --max-queue).
+SPARE_HTTP_THREADS = 16
+
 
 class ConfigError(ValueError):
     """A setting that cannot work; the message says which and why."""
@@ -143,6 +146,12 @@ class ServerConfig:
     log_level: str = "INFO"
     drain_seconds: float = 30.0
     served_model_name: str | None = None
+
+    @property
+    def http_threads(self) -> int:
+        """Every request the engine holds open keeps a thread; the spare ones answer
+        /health and turn the next requests away with 429 at any load."""
+        return self.max_batch + self.max_queue + SPARE_HTTP_THREADS
 
     def __post_init__(self):
         if not 0 < self.port < 65536:

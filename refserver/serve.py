@@ -70,10 +70,20 @@ def _run_leader(config: ServerConfig) -> int:
     app = _make_app(config, slot, tokenizer, model_config)
     timeout = config.client_timeout
     server = make_server(
-        app, config.host, config.port, channel_timeout=timeout, cleanup_interval=min(10, timeout)
+        app,
+        config.host,
+        config.port,
+        config.http_threads,
+        channel_timeout=timeout,
+        cleanup_interval=min(10, timeout),
     )
     threading.Thread(target=server.run, name="http", daemon=True).start()
-    log.info("HTTP on http://%s:%d/v1 (503 until every rank is loaded)", config.host, config.port)
+    log.info(
+        "HTTP on http://%s:%d/v1 with %d threads (503 until every rank is loaded)",
+        config.host,
+        config.port,
+        config.http_threads,
+    )
     try:
         return _serve(config, slot, server, tokenizer, model_config)
     finally:
@@ -113,7 +123,7 @@ def _make_app(config: ServerConfig, slot, tokenizer, model_config):
     settings = ApiSettings(
         model_name=config.served_model_name or Path(config.cluster.model).name,
         model_aliases=model_aliases_for(config.cluster.model),
-        context_length=model_config.get("max_position_embeddings", 4096),
+        context_length=_context_length(model_config),
         default_max_tokens=config.max_tokens,
         max_tokens_cap=config.max_tokens_cap,
         max_body_bytes=config.max_body_bytes,
@@ -132,7 +142,15 @@ def _tokenizer_and_config(model_path: Path):
     from transformers import AutoTokenizer
 
     model_config = json.loads((model_path / "config.json").read_text())
-    return AutoTokenizer.from_pretrained(str(model_path)), model_config
+    # The context as model_max_length lets the API refuse an impossible prompt by its
+    # length, before tokenizing it.
+    context = _context_length(model_config)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_path), model_max_length=context)
+    return tokenizer, model_config
+
+
+def _context_length(model_config: dict) -> int:
+    return model_config.get("max_position_embeddings", 4096)
 
 
 def _eos_ids(tokenizer, model_config: dict) -> set[int]:
