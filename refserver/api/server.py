@@ -29,8 +29,6 @@ from refserver.api.settings import ApiSettings
 
 log = logging.getLogger(__name__)
 
-DEFAULT_THREADS = 64
-
 
 class PortUnavailableError(RuntimeError):
     """The address cannot be listened on (port in use, unknown host, no permission)."""
@@ -77,12 +75,15 @@ def make_server(
     app: Flask,
     host: str,
     port: int,
-    threads: int = DEFAULT_THREADS,
+    threads: int,
     *,
     channel_timeout: int = 60,
     cleanup_interval: int = 10,
 ) -> Any:
     """A waitress server for `app` (not started: call .run(), stop with shutdown()).
+
+    Every streaming request holds one of the `threads` until it ends: more than the
+    engine keeps open, or /health and the 429s wait behind the streams.
 
     Warns when `host` is not a loopback address and the app has no API key.
 
@@ -131,16 +132,6 @@ def _unsent_responses(server: Any) -> bool:
             if isinstance(channel, HTTPChannel) and (channel.requests or channel.total_outbufs_len):
                 return True
     return False
-
-
-def serve(app: Flask, host: str, port: int, threads: int = DEFAULT_THREADS) -> None:
-    """Serve until interrupted."""
-    server = make_server(app, host, port, threads)
-    log.info("serving the OpenAI API on http://%s:%s/v1 with %d threads", host, port, threads)
-    try:
-        server.run()
-    finally:
-        shutdown(server)
 
 
 def _listeners(server: Any) -> list[BaseWSGIServer]:
