@@ -80,7 +80,7 @@ def reference_text(model: Path, prompt: str = PROMPT, max_tokens: int = MAX_TOKE
     tokens = reference_tokens(model, prompt_tokens, max_tokens)
     if tokenizer.eos_token_id in tokens:
         tokens = tokens[: tokens.index(tokenizer.eos_token_id)]
-    return tokenizer.decode(tokens)
+    return tokenizer.decode(tokens, skip_special_tokens=True)
 
 
 def client(cluster, api_key: str = "unused", timeout: float = 60) -> openai.OpenAI:

@@ -60,7 +60,7 @@ def expected_text(tiny_model, tokenizer, prompt: list[int], max_tokens: int) -> 
 def until_eos(tokenizer, tokens: list[int]) -> str:
     if tokenizer.eos_token_id in tokens:
         tokens = tokens[: tokens.index(tokenizer.eos_token_id)]
-    return tokenizer.decode(tokens)
+    return tokenizer.decode(tokens, skip_special_tokens=True)
 
 
 def as_message(text: str) -> tuple[str, str]:
@@ -129,7 +129,9 @@ def test_completions(client, tiny_model, tokenizer):
 def test_stop_string_across_token_boundary(client, tiny_model, tokenizer):
     prompt = chat_prompt(tokenizer, PROMPTS[3])
     tokens = reference_tokens(tiny_model, prompt, 40)
-    pieces = [tokenizer.decode(tokens[: i + 1]) for i in range(len(tokens))]
+    pieces = [
+        tokenizer.decode(tokens[: i + 1], skip_special_tokens=True) for i in range(len(tokens))
+    ]
     # A stop string made of the end of one token and the start of the next.
     boundary = next(
         i
