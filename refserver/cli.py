@@ -13,6 +13,7 @@ import sys
 import threading
 
 from .config import ClusterConfig, ConfigError, ServerConfig, api_keys_from_env
+from .engine.chunking import DEFAULT_PREFILL_CHUNK, ChunkPolicy
 from .logs import setup_logging
 
 log = logging.getLogger("refserver")
@@ -52,6 +53,19 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max-tokens-cap", type=int, default=32768, help="largest max_tokens a request may ask")
     add("--max-queue", type=int, default=64, help="requests waiting beyond --max-batch; then 429")
     add("--max-batch", type=int, default=8, help="sequences decoded together")
+    add(
+        "--prefill-chunk",
+        default=DEFAULT_PREFILL_CHUNK,
+        help="prompt tokens per prefill step: a count (512), or a time per step on the "
+        "slowest rank (250ms) that sizes chunks to the hardware; smaller keeps running "
+        "streams smoother, larger prefills long prompts a little faster",
+    )
+    add(
+        "--prefix-cache",
+        type=int,
+        default=65536,
+        help="prompt tokens whose KV every rank keeps for reuse by later requests (0: off)",
+    )
     add("--max-body-bytes", type=int, default=16 * 1024 * 1024, help="larger bodies get 413")
     add("--client-timeout", type=int, default=60, help="seconds before a stalled client is dropped")
     add("--api-key", action="append", help="require this bearer key (repeatable)")
@@ -97,7 +111,16 @@ def make_config(args) -> ServerConfig:
         allowed_origins=origins,
         log_level=args.log_level,
         drain_seconds=args.drain_seconds,
+        prefill_chunk=_chunk_policy(args.prefill_chunk),
+        prefix_cache_tokens=args.prefix_cache,
     )
+
+
+def _chunk_policy(text: str) -> ChunkPolicy:
+    try:
+        return ChunkPolicy.parse(text)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from .engine.chunking import DEFAULT_PREFILL_CHUNK, ChunkPolicy
 from .split import SPLIT_VARIABLE
 
 # HTTP threads beyond the open requests the engine admits (--max-batch + --max-queue).
@@ -146,6 +147,9 @@ class ServerConfig:
     log_level: str = "INFO"
     drain_seconds: float = 30.0
     served_model_name: str | None = None
+    prefill_chunk: ChunkPolicy = ChunkPolicy.parse(DEFAULT_PREFILL_CHUNK)
+    # Prompt tokens the prefix cache may keep (0: no prefix cache).
+    prefix_cache_tokens: int = 65536
 
     @property
     def http_threads(self) -> int:
@@ -172,6 +176,8 @@ class ServerConfig:
             raise ConfigError(f"--drain-seconds must be >= 0, got {self.drain_seconds}")
         if self.temperature < 0:
             raise ConfigError(f"--temperature must be >= 0, got {self.temperature}")
+        if self.prefix_cache_tokens < 0:
+            raise ConfigError(f"--prefix-cache must be >= 0, got {self.prefix_cache_tokens}")
 
 
 def api_keys_from_env(cli_keys: list[str] | None, env: Mapping[str, str] | None = None):

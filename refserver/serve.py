@@ -104,6 +104,8 @@ def _serve(config, slot, server, tokenizer, model_config) -> int:
         eos_token_ids=_eos_ids(tokenizer, model_config),
         max_batch=config.max_batch,
         max_queue=config.max_queue,
+        prefill_chunk=config.prefill_chunk,
+        prefix_cache_tokens=config.prefix_cache_tokens,
     )
     slot.attach(engine)
     try:

@@ -66,11 +66,16 @@ def chat_prompt_tokens(model_dir: Path, text: str = DEFAULT_PROMPT) -> list[int]
 
 
 def reference_run(
-    model_dir: Path, prompt: list[int], max_tokens: int, logits_processors=None
+    model_dir: Path,
+    prompt: list[int],
+    max_tokens: int,
+    logits_processors=None,
+    prefill_step_size: int = 2048,
 ) -> tuple[list[int], float]:
     """Greedy tokens from single-process mlx_lm (the correctness bar), and decode tok/s.
 
-    `logits_processors` (mlx_lm.sample_utils.make_logits_processors) apply penalties.
+    `logits_processors` (mlx_lm.sample_utils.make_logits_processors) apply penalties;
+    `prefill_step_size` is the prompt chunk (the server's --prefill-chunk to compare with).
     """
     import mlx.core as mx
     from mlx_lm.generate import generate_step
@@ -80,7 +85,11 @@ def reference_run(
     clock = DecodeClock()
     tokens = []
     steps = generate_step(
-        mx.array(prompt), model, max_tokens=max_tokens, logits_processors=logits_processors
+        mx.array(prompt),
+        model,
+        max_tokens=max_tokens,
+        logits_processors=logits_processors,
+        prefill_step_size=prefill_step_size,
     )
     for token, _ in steps:
         clock.tick()
@@ -89,9 +98,13 @@ def reference_run(
 
 
 def reference_tokens(
-    model_dir: Path, prompt: list[int], max_tokens: int, logits_processors=None
+    model_dir: Path,
+    prompt: list[int],
+    max_tokens: int,
+    logits_processors=None,
+    prefill_step_size: int = 2048,
 ) -> list[int]:
-    return reference_run(model_dir, prompt, max_tokens, logits_processors)[0]
+    return reference_run(model_dir, prompt, max_tokens, logits_processors, prefill_step_size)[0]
 
 
 def pipeline_tokens(*args, **kwargs) -> list[int]:

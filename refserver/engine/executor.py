@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import mlx.core as mx
-from mlx_lm.models.cache import BatchKVCache
+from mlx_lm.models.cache import BatchKVCache, KVCache
 
 from ..pipeline import PipelineStage
 from .work import Decode, Prefill, Release, WorkItem
@@ -32,11 +32,14 @@ class StageExecutor:
         self.pending: dict[str, list] = {}
         self.batches: dict[int, MicroBatch] = {}
         self.batch_of: dict[str, int] = {}
+        # The prefix cache: entry id -> a finished prompt's KV, for this rank's layers.
+        self.entries: dict[int, list[KVCache]] = {}
 
     def run(self, item: WorkItem, inputs: mx.array | None = None) -> mx.array | None:
         """Apply `item`. The last stage returns lazy (rows, vocab) logits when the item
         produces tokens; everything else is evaluated here. `inputs` are the (lazy)
         tokens of a decode issued ahead on a single rank."""
+        self._apply_cache_ops(item.cache_ops)
         self._drop(item.drop)
         if isinstance(item, Prefill):
             return self._prefill(item)
@@ -46,12 +49,20 @@ class StageExecutor:
         return None
 
     def _prefill(self, item: Prefill) -> mx.array | None:
-        cache = self.pending.setdefault(item.seq, self.stage.make_cache())
+        if item.seq not in self.pending:
+            self.pending[item.seq] = self._new_cache(item.reuse)
+        cache = self.pending[item.seq]
         out = self._forward(item.tokens, cache, batch=1, length=len(item.tokens))
         if self.stage.is_last and item.final:
             return out[:, -1, :]
         mx.eval(out if not self.stage.is_last else [c.state for c in cache])
         return None
+
+    def _new_cache(self, reuse: list[int] | None) -> list:
+        if reuse is None:
+            return self.stage.make_cache()
+        entry, length = reuse
+        return [_prefix_of(layer, length) for layer in self.entries[entry]]
 
     def _decode(self, item: Decode, inputs: mx.array | None) -> mx.array | None:
         batch = self.batches.setdefault(item.batch, MicroBatch())
@@ -76,6 +87,22 @@ class StageExecutor:
             return out[:, -1, :]
         mx.eval(out)
         return None
+
+    def _apply_cache_ops(self, ops: list[list]) -> None:
+        for op in ops:
+            if op[0] == "evict":
+                del self.entries[op[1]]
+            else:
+                _, seq, entry, length = op
+                self.entries[entry] = [_prefix_of(c, length) for c in self._cache_of(seq)]
+
+    def _cache_of(self, seq: str) -> list[KVCache]:
+        """A sequence's own cache per layer, also when it is a row of a micro-batch."""
+        if seq in self.pending:
+            return self.pending[seq]
+        batch = self.batches[self.batch_of[seq]]
+        row = batch.seqs.index(seq)
+        return [cache.extract(row) for cache in batch.caches]
 
     def _join(self, batch: MicroBatch, batch_id: int, seqs: list[str]) -> None:
         joining = [self.pending.pop(seq) for seq in seqs]
@@ -114,3 +141,13 @@ class StageExecutor:
             if inputs.ndim == 1:
                 inputs = inputs[None]
         return self.stage.forward(inputs, cache, batch=batch, length=length)
+
+
+def _prefix_of(cache: KVCache, length: int) -> KVCache:
+    """A new cache holding the first `length` positions of `cache` (which stays as it is:
+    the new one's first write reallocates, since its buffer is exactly full)."""
+    prefix = KVCache()
+    prefix.keys = cache.keys[..., :length, :]
+    prefix.values = cache.values[..., :length, :]
+    prefix.offset = length
+    return prefix

@@ -16,6 +16,7 @@ import mlx.core as mx
 
 from ..cluster import Cluster
 from ..control import ControlError
+from .chunking import DEFAULT_PREFILL_CHUNK, ChunkPolicy, ChunkSizer
 from .executor import StageExecutor
 from .interface import (
     ErrorEvent,
@@ -36,7 +37,7 @@ from .liveness import (
 )
 from .sampling import Draw
 from .scheduler import Scheduler, Sequence
-from .work import Decode, WorkItem, to_message
+from .work import Decode, Prefill, WorkItem, to_message
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +52,21 @@ class PipelineEngine:
         eos_token_ids: set[int],
         max_batch: int = 8,
         max_queue: int = 64,
+        prefill_chunk: ChunkPolicy | None = None,
+        prefix_cache_tokens: int = 0,
     ):
         config = cluster.config
         self.cluster = cluster
         self.executor = StageExecutor(cluster.stage)
+        prefill_chunk = prefill_chunk or ChunkPolicy.parse(DEFAULT_PREFILL_CHUNK)
+        self.chunks = ChunkSizer(prefill_chunk)
+        log.info("prefill chunks: %s; prefix cache: %d tokens", prefill_chunk, prefix_cache_tokens)
         self.scheduler = Scheduler(
-            eos_token_ids, micro_batches=cluster.world_size, max_batch=max_batch
+            eos_token_ids,
+            micro_batches=cluster.world_size,
+            max_batch=max_batch,
+            chunks=self.chunks,
+            prefix_cache_tokens=prefix_cache_tokens,
         )
         # As many items in flight as there are stages keeps every stage busy.
         self.depth = cluster.world_size
@@ -230,6 +240,7 @@ class PipelineEngine:
         if ahead is not None:
             self._broadcast(ahead)
         self.watchdog.begin()
+        began = time.monotonic()
         if self._started is not None and self._started[0] is item:
             sampling, self._started = self._started[1], None
         else:
@@ -251,6 +262,8 @@ class PipelineEngine:
         # The HTTP threads take the last step's tokens while this step computes.
         self.scheduler.flush()
         self.scheduler.on_result(item, sampling)
+        if isinstance(item, Prefill):
+            self.chunks.observe(len(item.tokens), time.monotonic() - began)
         self.watchdog.end()
 
     def _start(self, item: WorkItem, inputs: mx.array | None = None) -> Draw | None:

@@ -3,9 +3,12 @@
 Sequences wait, are prefilled one chunk per item (so long prompts interleave with
 decoding), then join one of the micro-batches. Each micro-batch has at most one
 decode item in flight; with several micro-batches, several items are in the
-pipeline at once and every stage has work. Cancellations and finished sequences
-are dropped by the next item issued, which every rank runs after the items that
-still held them.
+pipeline at once and every stage has work. A prompt's chunks follow each other
+into the pipeline (up to one per stage in flight), since every rank runs its
+items in order. A prompt starts from the longest prefix the prefix cache holds
+(see prefix_index), and is kept there once prefilled. Cancellations and finished
+sequences are dropped by the next item issued, which every rank runs after the
+items that still held them.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ from dataclasses import dataclass, field
 
 import mlx.core as mx
 
+from .chunking import ChunkPolicy, ChunkSizer
 from .interface import ErrorEvent, Finished, GenerationRequest, PrefillProgress, TokenEvent
+from .prefix_cache import PrefixCache
 from .sampling import Draw, RowFailure, SequenceSampler, describe_failure, draw
 from .work import Decode, Prefill, Release, WorkItem
 
@@ -26,8 +31,11 @@ class Sequence:
     request: GenerationRequest
     events: queue.Queue = field(default_factory=queue.Queue)
     sampler: SequenceSampler | None = None
-    chunks: deque = field(default_factory=deque)
+    prefilled: int = 0  # prompt tokens issued for prefill (or reused from the cache)
+    processed: int = 0  # prompt tokens whose prefill has completed (or were reused)
+    cached: int = 0  # prompt tokens reused from the prefix cache
     generated: int = 0
+    output: list[int] = field(default_factory=list)  # generated token ids
     last_token: int = -1
     batch: int | None = None
     cancelled: bool = False
@@ -44,14 +52,18 @@ class Scheduler:
         eos_token_ids: set[int],
         micro_batches: int = 1,
         max_batch: int = 8,
-        prefill_step_size: int = 2048,
+        chunks: ChunkSizer | None = None,
+        prefix_cache_tokens: int = 0,
     ):
         self.eos_token_ids = eos_token_ids
         self.max_batch = max_batch
-        self.prefill_step_size = prefill_step_size
+        self.chunks = chunks or ChunkSizer(ChunkPolicy(tokens=2048))
+        self.prefix_cache = PrefixCache(prefix_cache_tokens) if prefix_cache_tokens else None
         self.waiting: deque[Sequence] = deque()
         self.prefilling: Sequence | None = None
-        self.prefill_busy = False
+        # Chunks of `prefilling` issued and not yet read; one per stage keeps them all busy.
+        self.prefill_in_flight = 0
+        self.prefill_depth = micro_batches
         self.members: dict[int, list[Sequence]] = {b: [] for b in range(micro_batches)}
         self.joining: dict[int, list[Sequence]] = {b: [] for b in range(micro_batches)}
         # Decode items in flight per micro-batch (two when one was issued ahead).
@@ -75,10 +87,6 @@ class Scheduler:
             sequence.done = True
             self._emit(sequence, _request_failed(describe_failure(exc)))
             return
-        body = prompt[:-1]
-        for start in range(0, len(body), self.prefill_step_size):
-            sequence.chunks.append((body[start : start + self.prefill_step_size], False))
-        sequence.chunks.append((prompt[-1:], True))
         self.waiting.append(sequence)
         self.by_id[sequence.id] = sequence
 
@@ -94,8 +102,6 @@ class Scheduler:
         for group in (*self.members.values(), *self.joining.values()):
             if sequence in group:
                 group.remove(sequence)
-        if sequence is self.prefilling and not self.prefill_busy:
-            self.prefilling = None
         self._finish(sequence, "cancelled")
 
     def expire(self, now: float) -> None:
@@ -118,8 +124,9 @@ class Scheduler:
             if item is not None:
                 self._turn = index + 1
                 return item
-        if self.to_drop and not any(self.busy.values()) and not self.prefill_busy:
-            return Release(self._take_drops())
+        if self.to_drop and not any(self.busy.values()) and not self.prefill_in_flight:
+            drop, cache_ops = self._take_drops()
+            return Release(drop, cache_ops)
         return None
 
     def _decode_item(self, batch: int) -> Decode | None:
@@ -148,12 +155,14 @@ class Scheduler:
         self.joining[batch] = []
         self.busy[batch] += 1
         rows = list(self.members[batch])
+        drop, cache_ops = self._take_drops()
         item = Decode(
             batch=batch,
             seqs=[s.id for s in rows],
             tokens=[] if ahead else [s.last_token for s in rows],
             join=[s.id for s in joiners],
-            drop=self._take_drops(),
+            drop=drop,
+            cache_ops=cache_ops,
             issued_ahead=ahead,
         )
         self.rows_in_flight[batch].append((item, rows))
@@ -175,24 +184,51 @@ class Scheduler:
         return tokens
 
     def _prefill_item(self) -> Prefill | None:
-        if self.prefill_busy:
+        if self.prefill_in_flight >= self.prefill_depth:
             return None
+        reuse = None
         if self.prefilling is None:
             if not self.waiting or self.running() >= self.max_batch:
                 return None
             self.prefilling = self.waiting.popleft()
+            reuse = self._reuse_prefix(self.prefilling)
         sequence = self.prefilling
-        tokens, final = sequence.chunks.popleft()
-        self.prefill_busy = True
-        return Prefill(seq=sequence.id, tokens=tokens, final=final, drop=self._take_drops())
+        prompt = sequence.request.prompt_tokens
+        if sequence.cancelled or sequence.prefilled == len(prompt):
+            return None  # every chunk issued: wait for their results
+        start, end = sequence.prefilled, self._chunk_end(sequence.prefilled, len(prompt))
+        sequence.prefilled = end
+        self.prefill_in_flight += 1
+        drop, cache_ops = self._take_drops()
+        item = Prefill(sequence.id, prompt[start:end], end == len(prompt), drop, cache_ops, reuse)
+        if item.final and self.prefix_cache is not None:
+            # Kept once this chunk has run: the op leaves with the next item.
+            self.prefix_cache.keep(sequence.id, prompt)
+        return item
+
+    def _chunk_end(self, start: int, length: int) -> int:
+        """As mlx_lm.generate_step: the prompt but its last token in chunks, then that token."""
+        body = length - 1
+        return min(start + self.chunks.tokens, body) if start < body else length
+
+    def _reuse_prefix(self, sequence: Sequence) -> list[int] | None:
+        """Start from the longest cached prefix of the prompt."""
+        if self.prefix_cache is None:
+            return None
+        hit = self.prefix_cache.reuse(sequence.request.prompt_tokens)
+        if hit is None:
+            return None
+        sequence.prefilled = sequence.processed = sequence.cached = hit.length
+        return [hit.entry, hit.length]
 
     def running(self) -> int:
         """Sequences prefilled and decoding (or about to join a micro-batch)."""
         return sum(len(self.members[b]) + len(self.joining[b]) for b in self.members)
 
-    def _take_drops(self) -> list[str]:
+    def _take_drops(self) -> tuple[list[str], list[list]]:
+        """The caches to drop with the next item, and the prefix-cache ops before them."""
         drops, self.to_drop = self.to_drop, []
-        return drops
+        return drops, self.prefix_cache.take_ops() if self.prefix_cache else []
 
     # -- results in --------------------------------------------------------
     def start_sampling(self, item: WorkItem, logits) -> Draw | None:
@@ -232,14 +268,15 @@ class Scheduler:
         self.outbox.append((sequence, event))
 
     def _after_prefill(self, item: Prefill, sampling: Draw | None) -> None:
-        self.prefill_busy = False
+        self.prefill_in_flight -= 1
         sequence = self.prefilling
-        if sequence is None or sequence.cancelled:
-            self.prefilling = None
+        if sequence.cancelled:
+            if not self.prefill_in_flight:
+                self.prefilling = None
             return
+        sequence.processed += len(item.tokens)
         total = len(sequence.request.prompt_tokens)
-        done = total - sum(len(tokens) for tokens, _ in sequence.chunks)
-        self._emit(sequence, PrefillProgress(done, total))
+        self._emit(sequence, PrefillProgress(sequence.processed, total))
         if not item.final:
             return
         self.prefilling = None
@@ -252,6 +289,7 @@ class Scheduler:
 
     def _deliver_token(self, sequence: Sequence, event: TokenEvent) -> None:
         sequence.generated += 1
+        sequence.output.append(event.token_id)
         if event.token_id in self.eos_token_ids:
             self._remove(sequence)
             self._finish(sequence, "stop")
@@ -268,8 +306,11 @@ class Scheduler:
                 group.remove(sequence)
 
     def _finish(self, sequence: Sequence, reason: str, holds_cache: bool = True) -> None:
+        if holds_cache and self.prefix_cache is not None:
+            self.prefix_cache.keep(sequence.id, _computed_tokens(sequence))
         prompt_tokens = len(sequence.request.prompt_tokens)
-        self._end(sequence, Finished(reason, prompt_tokens, sequence.generated), holds_cache)
+        finished = Finished(reason, prompt_tokens, sequence.generated, sequence.cached)
+        self._end(sequence, finished, holds_cache)
 
     def _end(self, sequence: Sequence, last_event, holds_cache: bool = True) -> None:
         """The sequence's last event; its caches leave with the next item."""
@@ -277,7 +318,7 @@ class Scheduler:
         self.by_id.pop(sequence.id, None)
         if holds_cache:
             self.to_drop.append(sequence.id)
-        if sequence is self.prefilling and not self.prefill_busy:
+        if sequence is self.prefilling and not self.prefill_in_flight:
             self.prefilling = None
         self._emit(sequence, last_event)
 
@@ -290,6 +331,13 @@ class Scheduler:
                 sequence.events.put(ErrorEvent(message))
         self.by_id.clear()
         self.waiting.clear()
+
+
+def _computed_tokens(sequence: Sequence) -> list[int]:
+    """The tokens in a sequence's cache on every rank once its items so far have run:
+    the prompt chunks issued, and each generated token but the last (not yet fed)."""
+    prompt = sequence.request.prompt_tokens[: sequence.prefilled]
+    return prompt + sequence.output[:-1]
 
 
 def _request_failed(detail: str) -> ErrorEvent:

@@ -1,7 +1,9 @@
 """Work items: what every rank does for one pipeline step, as rank 0 decided it.
 
 Rank 0 sends each item over the control plane before running it itself; every
-rank runs the items in the same order, so their KV caches never diverge. A
+rank runs the items in the same order, so their KV caches never diverge. Every
+item first applies its prefix-cache ops (see prefix_cache), then drops the caches
+of finished sequences, then does its own work. A
 micro-batch's first decode step carries its input tokens in the item; its later
 steps are issued one step ahead and take the tokens rank 0 samples over the ring.
 While work is in flight the ranks wait inside ring operations (which poll, but
@@ -17,13 +19,17 @@ class Prefill:
     """Feed a chunk of one sequence's prompt into its own (unbatched) cache.
 
     `final` chunks are the prompt's last token alone, as mlx_lm.generate_step
-    does it; their logits give the first generated token.
+    does it; their logits give the first generated token. A sequence's first
+    chunk may `reuse` [entry, k]: its cache starts as the first k tokens of that
+    prefix-cache entry.
     """
 
     seq: str
     tokens: list[int]
     final: bool
     drop: list[str] = field(default_factory=list)
+    cache_ops: list[list] = field(default_factory=list)
+    reuse: list[int] | None = None
     kind: str = "prefill"
 
 
@@ -44,6 +50,7 @@ class Decode:
     tokens: list[int]
     join: list[str] = field(default_factory=list)
     drop: list[str] = field(default_factory=list)
+    cache_ops: list[list] = field(default_factory=list)
     issued_ahead: bool = False
     kind: str = "decode"
 
@@ -53,6 +60,7 @@ class Release:
     """Free the caches of finished or cancelled sequences when no step is due."""
 
     drop: list[str]
+    cache_ops: list[list] = field(default_factory=list)
     kind: str = "release"
 
 

@@ -1,0 +1,76 @@
+"""How many prompt tokens one prefill chunk holds.
+
+A chunk is one work item: while a stage computes it, the decode steps queued behind
+it wait, so a chunk's time on a stage bounds the gap between a running stream's
+tokens. Larger chunks prefill a little faster (fewer items, bigger matrix products:
+much faster on a GPU). A fixed size keeps chunk boundaries reproducible (parity
+tests compare with mlx_lm prefilling in the same chunks); a time target adapts the
+size to the hardware: tens of tokens on a CPU, thousands on an M3 Ultra.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PREFILL_CHUNK = "250ms"
+# Bounds of an adapted size, and where it starts before anything is measured.
+MIN_ADAPTED_TOKENS = 16
+MAX_ADAPTED_TOKENS = 8192
+FIRST_ADAPTED_TOKENS = 128
+# Chunks shorter than this say little about the speed of a stage.
+MEASURED_MIN_TOKENS = 8
+
+
+@dataclass(frozen=True)
+class ChunkPolicy:
+    """A fixed chunk of `tokens`, or chunks adapted to take `seconds` on a stage."""
+
+    tokens: int | None = None
+    seconds: float | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> ChunkPolicy:
+        """'512' (tokens) or '250ms' (a time per chunk on the slowest stage)."""
+        value = text.strip().lower()
+        if match := re.fullmatch(r"(\d+(?:\.\d+)?)\s*ms", value):
+            milliseconds = float(match.group(1))
+            if milliseconds > 0:
+                return cls(seconds=milliseconds / 1000)
+        elif value.isdigit() and int(value) > 0:
+            return cls(tokens=int(value))
+        raise ValueError(
+            f"--prefill-chunk must be a token count (e.g. 512) or a time per chunk "
+            f"(e.g. 250ms), got {text!r}"
+        )
+
+    def __str__(self) -> str:
+        return f"{self.tokens} tokens" if self.tokens else f"{self.seconds * 1000:g} ms"
+
+
+class ChunkSizer:
+    """The current chunk size; with a time target it follows measured chunk times."""
+
+    def __init__(self, policy: ChunkPolicy):
+        self.policy = policy
+        self.tokens = policy.tokens or FIRST_ADAPTED_TOKENS
+        self._logged = self.tokens
+
+    def observe(self, tokens: int, seconds: float) -> None:
+        """A chunk of `tokens` took `seconds` from its start to its result on rank 0."""
+        if self.policy.seconds is None or tokens < MEASURED_MIN_TOKENS or seconds <= 0:
+            return
+        ideal = self.policy.seconds * tokens / seconds
+        smoothed = (self.tokens + ideal) / 2  # one slow chunk must not halve the next
+        self.tokens = int(min(MAX_ADAPTED_TOKENS, max(MIN_ADAPTED_TOKENS, smoothed)))
+        if not 0.67 < self.tokens / self._logged < 1.5:
+            log.info(
+                "prefill chunks: %d tokens (%.0f prompt tok/s per stage, target %s per chunk)",
+                self.tokens,
+                tokens / seconds,
+                self.policy,
+            )
+            self._logged = self.tokens

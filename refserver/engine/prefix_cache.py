@@ -1,0 +1,119 @@
+"""The prefix cache as rank 0 decides it: which token sequences every rank keeps.
+
+Every rank keeps, for its own layers, the KV of recent sequences (prompts once
+prefilled, then prompt and generated tokens once finished). Rank 0 alone decides:
+it looks up the longest cached prefix of a new prompt, names the entries to keep
+and to evict, and work items carry those decisions ("cache ops") to every rank,
+which applies them in order, so every rank's entries hold the same tokens.
+
+Entries are whole token sequences, like mlx_lm's LRUPromptCache, rather than
+vLLM's hashed blocks: a rank's KV is mlx_lm's contiguous KVCache, and a prefix of
+an entry is reused by slicing it.
+Least recently used entries are evicted first when the capacity (in tokens) is
+reached; an entry that a newer one extends is dropped at once.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class PrefixHit:
+    """Reuse the first `length` tokens of entry `entry`."""
+
+    entry: int
+    length: int
+
+
+class PrefixIndex:
+    def __init__(self, capacity_tokens: int):
+        self.capacity_tokens = capacity_tokens
+        self._entries: OrderedDict[int, np.ndarray] = OrderedDict()  # oldest use first
+        self._next_id = 0
+
+    @property
+    def cached_tokens(self) -> int:
+        return sum(len(tokens) for tokens in self._entries.values())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def longest_prefix(self, prompt: list[int], limit: int) -> PrefixHit | None:
+        """The entry sharing the longest prefix with `prompt`, at most `limit` tokens."""
+        if limit <= 0 or not self._entries:
+            return None
+        query = np.asarray(prompt[:limit], dtype=np.int64)
+        best: PrefixHit | None = None
+        for entry, tokens in self._entries.items():
+            shared = _common_prefix(query, tokens)
+            if shared and (best is None or shared > best.length):
+                best = PrefixHit(entry, shared)
+        if best is not None:
+            self._entries.move_to_end(best.entry)
+        return best
+
+    def save(self, tokens: list[int]) -> tuple[int | None, list[int]]:
+        """Decide to keep `tokens` as a new entry: (its id or None, entries to evict first).
+
+        None when an entry already holds these tokens (or more), or when they alone
+        exceed the capacity. Entries that the new one extends are evicted.
+        """
+        if not tokens or len(tokens) > self.capacity_tokens:
+            return None, []
+        array = np.asarray(tokens, dtype=np.int64)
+        evict = []
+        for entry, held in self._entries.items():
+            shared = _common_prefix(array, held)
+            if shared == len(array):
+                self._entries.move_to_end(entry)
+                return None, []
+            if shared == len(held):
+                evict.append(entry)
+        for entry in evict:
+            del self._entries[entry]
+        total = self.cached_tokens
+        while total + len(array) > self.capacity_tokens:
+            oldest, held = self._entries.popitem(last=False)
+            evict.append(oldest)
+            total -= len(held)
+        entry, self._next_id = self._next_id, self._next_id + 1
+        self._entries[entry] = array
+        return entry, evict
+
+
+def _common_prefix(a: np.ndarray, b: np.ndarray) -> int:
+    size = min(len(a), len(b))
+    differs = np.flatnonzero(a[:size] != b[:size])
+    return int(differs[0]) if len(differs) else size
+
+
+class PrefixCache:
+    """Rank 0's decisions about the prefix cache, queued as ops for the next work item.
+
+    Ops, applied by every rank before the item's own work, in order:
+    ["evict", entry] and ["keep", sequence id, entry, length] (keep the first
+    `length` tokens of that sequence's cache as `entry`).
+    """
+
+    def __init__(self, capacity_tokens: int):
+        self.index = PrefixIndex(capacity_tokens)
+        self._ops: list[list] = []
+
+    def reuse(self, prompt: list[int]) -> PrefixHit | None:
+        """The longest cached prefix of `prompt` short of its last token (always computed)."""
+        return self.index.longest_prefix(prompt, limit=len(prompt) - 1)
+
+    def keep(self, seq_id: str, tokens: list[int]) -> None:
+        """Keep the KV of `tokens`, the first len(tokens) positions of this sequence's cache."""
+        entry, evicted = self.index.save(tokens)
+        self._ops.extend(["evict", e] for e in evicted)
+        if entry is not None:
+            self._ops.append(["keep", seq_id, entry, len(tokens)])
+
+    def take_ops(self) -> list[list]:
+        ops, self._ops = self._ops, []
+        return ops

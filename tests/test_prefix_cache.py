@@ -1,0 +1,253 @@
+"""The prefix cache and prefill chunks as rank 0 decides them, without ranks (fake logits).
+On real ranks: test_e2e_prefix_cache.py."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import pytest
+
+from refserver.engine.chunking import (
+    MAX_ADAPTED_TOKENS,
+    MIN_ADAPTED_TOKENS,
+    ChunkPolicy,
+    ChunkSizer,
+)
+from refserver.engine.interface import Finished, GenerationRequest
+from refserver.engine.prefix_cache import PrefixCache, PrefixHit, PrefixIndex
+from refserver.engine.scheduler import Scheduler, Sequence
+from refserver.engine.work import Decode, Prefill, Release
+
+VOCAB = 50
+EOS = VOCAB - 1
+
+
+# -- the index ----------------------------------------------------------------
+def _index(capacity: int, *entries: list[int]) -> PrefixIndex:
+    index = PrefixIndex(capacity)
+    for tokens in entries:
+        index.save(tokens)
+    return index
+
+
+@pytest.mark.parametrize(
+    "entries, prompt, limit, expected",
+    [
+        ([], [1, 2, 3], 2, None),
+        ([[1, 2, 3]], [1, 2, 3], 2, PrefixHit(0, 2)),  # the last token is always computed
+        ([[1, 2, 3]], [1, 2, 3, 4], 3, PrefixHit(0, 3)),
+        ([[1, 2, 3]], [1, 2, 9, 9], 3, PrefixHit(0, 2)),
+        ([[1, 2, 3]], [9, 2, 3], 2, None),
+        ([[1, 2], [5, 6, 7, 8]], [5, 6, 7, 1], 3, PrefixHit(1, 3)),
+        ([[1, 2, 7], [1, 2, 3, 4]], [1, 2, 3, 9], 3, PrefixHit(1, 3)),  # the longest wins
+        ([[1, 2, 3]], [1, 2, 3], 0, None),
+    ],
+)
+def test_longest_prefix(entries, prompt, limit, expected):
+    assert _index(100, *entries).longest_prefix(prompt, limit) == expected
+
+
+@pytest.mark.parametrize(
+    "capacity, entries, new, saved, evicted, left",
+    [
+        (100, [[1, 2, 3]], [1, 2, 3], False, [], 1),  # held already
+        (100, [[1, 2, 3]], [1, 2], False, [], 1),  # a prefix of a held one
+        (100, [[1, 2, 3]], [1, 2, 3, 4], True, [0], 1),  # extends entry 0: replaces it
+        (100, [[1, 2, 3]], [7, 8], True, [], 2),
+        (5, [[1, 2, 3], [4, 5]], [7, 8], True, [0], 2),  # least recently used goes first
+        (3, [[1, 2, 3]], [7, 8, 9, 10], False, [], 1),  # alone beyond the capacity
+        (100, [], [], False, [], 0),
+    ],
+)
+def test_save(capacity, entries, new, saved, evicted, left):
+    index = _index(capacity, *entries)
+    entry, gone = index.save(new)
+    assert (entry is not None, gone, len(index)) == (saved, evicted, left)
+    assert index.cached_tokens <= capacity
+
+
+def test_a_hit_makes_its_entry_the_most_recently_used():
+    index = _index(6, [1, 2, 3], [4, 5, 6])
+    index.longest_prefix([1, 2, 3, 9], 3)
+    assert index.save([7, 8, 9]) == (2, [1])
+
+
+def test_cache_ops_keep_and_evict_in_decision_order():
+    cache = PrefixCache(5)
+    cache.keep("a", [1, 2, 3])
+    cache.keep("b", [1, 2, 3, 4])
+    cache.keep("c", [7, 8])
+    assert cache.take_ops() == [
+        ["keep", "a", 0, 3],
+        ["evict", 0],
+        ["keep", "b", 1, 4],
+        ["evict", 1],
+        ["keep", "c", 2, 2],
+    ]
+    assert cache.take_ops() == []
+
+
+# -- chunk sizes --------------------------------------------------------------
+@pytest.mark.parametrize(
+    "text, policy",
+    [
+        ("512", ChunkPolicy(tokens=512)),
+        ("1", ChunkPolicy(tokens=1)),
+        ("250ms", ChunkPolicy(seconds=0.25)),
+        (" 1.5 MS ", ChunkPolicy(seconds=0.0015)),
+    ],
+)
+def test_chunk_policy_parses(text, policy):
+    assert ChunkPolicy.parse(text) == policy
+
+
+@pytest.mark.parametrize("text", ["0", "-5", "0ms", "fast", "12s", "", "1e3"])
+def test_chunk_policy_refuses(text):
+    with pytest.raises(ValueError, match="--prefill-chunk"):
+        ChunkPolicy.parse(text)
+
+
+@pytest.mark.parametrize(
+    "policy, measured, expected",
+    [
+        (ChunkPolicy(tokens=64), [(64, 10.0)], 64),  # fixed: never adapts
+        (ChunkPolicy(seconds=0.25), [(128, 0.25)] * 5, 128),
+        (ChunkPolicy(seconds=0.25), [(128, 2.5)] * 20, MIN_ADAPTED_TOKENS),
+        (ChunkPolicy(seconds=0.25), [(1000, 0.01)] * 20, MAX_ADAPTED_TOKENS),
+        (ChunkPolicy(seconds=0.25), [(2, 100.0)] * 5, 128),  # too short to tell
+    ],
+)
+def test_chunk_sizer(policy, measured, expected):
+    sizer = ChunkSizer(policy)
+    for tokens, seconds in measured:
+        sizer.observe(tokens, seconds)
+    assert sizer.tokens == expected
+
+
+def test_adapted_chunks_follow_the_speed_of_a_stage():
+    sizer = ChunkSizer(ChunkPolicy(seconds=0.2))
+    for _ in range(20):
+        sizer.observe(sizer.tokens, sizer.tokens / 100)  # 100 tokens/s: 20 tokens
+    assert 19 <= sizer.tokens <= 21
+
+
+# -- the scheduler ------------------------------------------------------------
+def _scheduler(chunk: int = 4, depth: int = 2, cache: int = 1000) -> Scheduler:
+    sizer = ChunkSizer(ChunkPolicy(tokens=chunk))
+    return Scheduler({EOS}, micro_batches=depth, chunks=sizer, prefix_cache_tokens=cache)
+
+
+def _sequence(name: str, prompt: list[int], max_tokens: int = 3) -> Sequence:
+    return Sequence(GenerationRequest(name, prompt, max_tokens=max_tokens))
+
+
+def _result(scheduler: Scheduler, item) -> None:
+    """Complete `item` as the last stage would: token 7 is always the most likely."""
+    rows = len(item.seqs) if isinstance(item, Decode) else 1
+    produces = isinstance(item, Decode) or (isinstance(item, Prefill) and item.final)
+    logits = mx.zeros((rows, VOCAB)).at[:, 7].add(5.0) if produces else None
+    scheduler.on_result(item, scheduler.start_sampling(item, logits))
+    scheduler.flush()
+
+
+def _run(scheduler: Scheduler, steps: int = 100) -> list:
+    """Issue up to `depth` items ahead and complete them in order, as the leader does."""
+    issued, in_flight = [], []
+    for _ in range(steps):
+        while len(in_flight) < 2 and (item := scheduler.next_item()) is not None:
+            issued.append(item)
+            in_flight.append(item)
+        if not in_flight:
+            break
+        _result(scheduler, in_flight.pop(0))
+    return issued
+
+
+def _finished(sequence: Sequence) -> Finished:
+    events = []
+    while not sequence.events.empty():
+        events.append(sequence.events.get())
+    assert isinstance(events[-1], Finished), events
+    return events[-1]
+
+
+PROMPT = list(range(1, 12))  # 11 tokens: chunks of 4, 4, 2, then the last token alone
+
+
+def test_a_prompt_is_prefilled_in_chunks_that_follow_each_other_into_the_pipeline():
+    scheduler = _scheduler()
+    scheduler.add(_sequence("a", PROMPT))
+    first, second = scheduler.next_item(), scheduler.next_item()
+    assert (first.tokens, second.tokens) == ([1, 2, 3, 4], [5, 6, 7, 8])
+    assert scheduler.next_item() is None  # one chunk per stage in flight
+    _result(scheduler, first)
+    third = scheduler.next_item()
+    assert third.tokens == [9, 10] and not third.final
+    _result(scheduler, second)
+    _result(scheduler, third)
+    last = scheduler.next_item()
+    assert last.tokens == [11] and last.final
+
+
+def test_a_repeated_prompt_reuses_all_but_its_last_token():
+    scheduler = _scheduler()
+    first, again = _sequence("a", PROMPT), _sequence("b", PROMPT)
+    scheduler.add(first)
+    _run(scheduler)
+    scheduler.add(again)
+    issued = _run(scheduler)
+    prefills = [item for item in issued if isinstance(item, Prefill)]
+    assert [(p.tokens, p.reuse) for p in prefills] == [([11], [1, 10])]
+    assert _finished(first).cached_tokens == 0
+    assert _finished(again).cached_tokens == 10
+
+
+def test_the_next_turn_reuses_the_prompt_and_the_output_before_it():
+    scheduler = _scheduler()
+    first = _sequence("a", PROMPT, max_tokens=3)
+    scheduler.add(first)
+    _run(scheduler)
+    assert first.output == [7, 7, 7]
+    # The KV of the last output token was never computed: the next turn recomputes it.
+    turn = _sequence("b", PROMPT + [7, 7, 7, 30, 31])
+    scheduler.add(turn)
+    issued = _run(scheduler)
+    first_prefill = next(item for item in issued if isinstance(item, Prefill))
+    assert first_prefill.reuse[1] == len(PROMPT) + 2
+    assert _finished(turn).cached_tokens == len(PROMPT) + 2
+
+
+def test_keep_ops_leave_after_the_chunk_that_completes_the_prompt():
+    scheduler = _scheduler(cache=1000)
+    scheduler.add(_sequence("a", PROMPT, max_tokens=2))
+    issued = _run(scheduler)
+    final = next(i for i, item in enumerate(issued) if isinstance(item, Prefill) and item.final)
+    assert not issued[final].cache_ops
+    assert issued[final + 1].cache_ops == [["keep", "a", 0, len(PROMPT)]]
+    # Once finished: the prompt and the first output token replace the prompt alone,
+    # before the sequence's cache is dropped (in the same item).
+    last = next(item for item in issued if "a" in item.drop)
+    assert last.cache_ops == [["evict", 0], ["keep", "a", 1, len(PROMPT) + 1]]
+    assert isinstance(last, Release | Decode)
+
+
+def test_no_cache_means_no_reuse_and_no_ops():
+    scheduler = _scheduler(cache=0)
+    for name in "ab":
+        scheduler.add(_sequence(name, PROMPT))
+        issued = _run(scheduler)
+        assert all(not item.cache_ops for item in issued)
+        assert all(item.reuse is None for item in issued if isinstance(item, Prefill))
+
+
+def test_a_sequence_cancelled_while_prefilling_keeps_only_the_chunks_issued():
+    scheduler = _scheduler()
+    sequence = _sequence("a", PROMPT)
+    scheduler.add(sequence)
+    first, second = scheduler.next_item(), scheduler.next_item()
+    scheduler.cancel("a")
+    _result(scheduler, first)
+    _result(scheduler, second)
+    release = scheduler.next_item()
+    assert release.drop == ["a"]
+    assert release.cache_ops == [["keep", "a", 0, 8]]
+    assert scheduler.prefilling is None
