@@ -1,0 +1,45 @@
+"""Decode throughput: one stream, and several at once, against in-process mlx_lm."""
+
+from __future__ import annotations
+
+import pytest
+from streams import aggregate_rate, chat_stream, concurrent_streams
+from workload import chat_body, short_prompt
+
+
+def test_one_stream_decode(paired, target, baseline, workload):
+    """decode_ratio: one stream's decode tok/s ÷ mlx_lm.stream_generate's."""
+
+    def measure():
+        body = chat_body(short_prompt(), workload.tokens, baseline.logit_bias)
+        return {"decode_tok_s": chat_stream(target.base_url, body).decode_rate}
+
+    def reference():
+        return {"decode_tok_s": baseline.generate(short_prompt(), workload.tokens).decode_rate}
+
+    paired.run(measure, reference, {"decode_ratio": ("decode_tok_s", "baseline_decode_tok_s")})
+
+
+@pytest.mark.parametrize("prompts", ["shared", "distinct"])
+def test_concurrent_streams(paired, target, baseline, workload, prompts):
+    """aggregate_ratio: tok/s of all streams together ÷ mlx_lm's BatchGenerator's.
+
+    `shared`: every stream has the same prompt (fresh each round); `distinct`: each its own.
+    """
+
+    def conversations():
+        if prompts == "shared":
+            return [short_prompt()] * workload.streams
+        return [short_prompt() for _ in range(workload.streams)]
+
+    def measure():
+        bodies = [chat_body(c, workload.tokens, baseline.logit_bias) for c in conversations()]
+        return {"aggregate_tok_s": aggregate_rate(concurrent_streams(target.base_url, bodies))}
+
+    def reference():
+        streams = baseline.generate_batch(conversations(), workload.tokens)
+        return {"aggregate_tok_s": aggregate_rate(streams)}
+
+    paired.run(
+        measure, reference, {"aggregate_ratio": ("aggregate_tok_s", "baseline_aggregate_tok_s")}
+    )
