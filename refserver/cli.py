@@ -14,6 +14,7 @@ import threading
 
 from .config import ClusterConfig, ConfigError, ServerConfig, api_keys_from_env
 from .engine.chunking import DEFAULT_PREFILL_CHUNK, ChunkPolicy
+from .engine.kv_budget import parse_size
 from .logs import setup_logging
 
 log = logging.getLogger("refserver")
@@ -61,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
         "streams smoother, larger prefills long prompts a little faster",
     )
     add(
+        "--kv-budget",
+        help="KV memory each rank may use for running sequences and cached prefixes, "
+        "e.g. 512MB or 40GB (default: half the memory left after the rank's weights)",
+    )
+    add(
         "--prefix-cache",
         type=int,
         default=65536,
@@ -92,6 +98,7 @@ def make_config(args) -> ServerConfig:
         heartbeat_timeout=args.heartbeat_timeout,
         step_timeout=args.step_timeout,
         drain_grace=args.drain_seconds + 10,
+        kv_budget_bytes=_size(args.kv_budget),
     )
     origins = tuple(o.strip() for o in args.allowed_origins.split(",") if o.strip())
     return ServerConfig(
@@ -114,6 +121,15 @@ def make_config(args) -> ServerConfig:
         prefill_chunk=_chunk_policy(args.prefill_chunk),
         prefix_cache_tokens=args.prefix_cache,
     )
+
+
+def _size(text: str | None) -> int | None:
+    if text is None:
+        return None
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _chunk_policy(text: str) -> ChunkPolicy:

@@ -21,6 +21,7 @@ import mlx.core as mx
 from . import control
 from .config import ClusterConfig
 from .control import Channel, ControlError, Hello
+from .engine.kv_budget import RankKv, derive_budget
 from .fingerprint import cluster_facts, compare_facts
 from .pipeline import PipelineStage, load_stage
 from .split import PipelineSplit, SplitError
@@ -48,6 +49,7 @@ class Cluster:
     group: object | None = None
     # Rank 0: a channel per peer rank. Other ranks: {0: channel to rank 0}.
     channels: dict[int, Channel] = field(default_factory=dict)
+    kv: RankKv | None = None  # this rank's KV budget
 
     @property
     def rank(self) -> int:
@@ -84,7 +86,25 @@ def start(config: ClusterConfig) -> Cluster:
             except ControlError:
                 pass
         raise StartupError(error) from exc
-    return Cluster(config, split, model_path, model_config, stage, group, channels)
+    kv = _kv_budget(config, stage)
+    return Cluster(config, split, model_path, model_config, stage, group, channels, kv)
+
+
+def _kv_budget(config: ClusterConfig, stage) -> RankKv:
+    """--kv-budget, or what this rank's memory leaves after its weights; logged."""
+    if config.kv_budget_bytes is not None:
+        budget, source = config.kv_budget_bytes, "--kv-budget"
+    else:
+        budget, source = derive_budget()
+    kv = RankKv(budget, stage.kv_bytes_per_token)
+    log.info(
+        "KV budget %.2f GB (%s): %d tokens at %d bytes each for this rank's layers",
+        budget / 1e9,
+        source,
+        kv.capacity_tokens,
+        kv.bytes_per_token,
+    )
+    return kv
 
 
 def _resolve(config: ClusterConfig) -> tuple[Path, dict, PipelineSplit]:

@@ -39,6 +39,8 @@ class ClusterConfig:
     heartbeat_timeout: float = 10.0
     step_timeout: float = 120.0
     load_timeout: float = 1800.0
+    # This rank's KV memory budget (--kv-budget); None: derived from its memory.
+    kv_budget_bytes: int | None = None
     # How long a rank told to stop waits for rank 0's drain before exiting anyway.
     drain_grace: float = 40.0
 

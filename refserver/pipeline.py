@@ -69,6 +69,15 @@ class PipelineStage:
     def parameter_bytes(self) -> int:
         return sum(a.nbytes for _, a in _flatten(self.parameters()))
 
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """Bytes one token's keys and values take in this stage's layers."""
+        total = 0
+        for layer in self.layers:
+            attention = layer.self_attn
+            total += 2 * attention.num_key_value_heads * attention.head_dim
+        return total * self.hidden_dtype.size
+
     def make_cache(self) -> list[KVCache]:
         """A KV cache for this rank's own layers only."""
         return [KVCache() for _ in self.layers]

@@ -151,7 +151,9 @@ def test_anthropic_tool_use_with_thinking(cluster, claude):
     assert (tool_use.name, tool_use.input) == ("read_file", ARGUMENTS)
     assert message.stop_reason == "tool_use"
     assert message.usage.output_tokens == len(cluster.tokens(CALL_SCRIPT))
-    assert message.usage.input_tokens == claude.messages.count_tokens(**request).input_tokens
+    # Anthropic counts prompt tokens read from the prefix cache apart from input_tokens.
+    prompt = message.usage.input_tokens + message.usage.cache_read_input_tokens
+    assert prompt == claude.messages.count_tokens(**request).input_tokens
 
 
 def test_anthropic_stream_and_tool_result_turn(cluster, claude):

@@ -81,7 +81,10 @@ def _health(engine: Engine) -> Response:
     health = engine.health()
     if not health.ok:
         raise ApiError(503, health.reason or "the engine is not ready", code="not_ready")
-    return jsonify({"status": "ok", "ranks": health.ranks})
+    body = {"status": "ok", "ranks": health.ranks}
+    if health.kv is not None:
+        body["kv"] = health.kv
+    return jsonify(body)
 
 
 def _start_request() -> None:

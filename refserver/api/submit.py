@@ -20,7 +20,7 @@ from refserver.api.prompting import Prompt, Vocabulary
 from refserver.api.request_body import read_json_object
 from refserver.api.schemas import SamplingFields
 from refserver.api.settings import ApiSettings
-from refserver.engine.interface import Engine, NotReadyError, QueueFullError
+from refserver.engine.interface import CapacityError, Engine, NotReadyError, QueueFullError
 
 
 class Submitter:
@@ -58,6 +58,8 @@ class Submitter:
         except NotReadyError as exc:
             message = str(exc) or "the server is not ready"
             raise ApiError(503, message, code="not_ready") from None
+        except CapacityError as exc:
+            raise ApiError(400, str(exc), param=prompt_param, code="kv_capacity_exceeded") from None
         text = TextStream(vocab.decode, vocab.eos_token_ids, body.stop_strings)
         # waitress (with channel_request_lookahead) tells whether the client hung up.
         client_gone = request.environ.get("waitress.client_disconnected", lambda: False)

@@ -66,7 +66,7 @@ class ChunkSizer:
         ideal = self.policy.seconds * tokens / seconds
         smoothed = (self.tokens + ideal) / 2  # one slow chunk must not halve the next
         self.tokens = int(min(MAX_ADAPTED_TOKENS, max(MIN_ADAPTED_TOKENS, smoothed)))
-        if not 0.67 < self.tokens / self._logged < 1.5:
+        if not 0.5 <= self.tokens / self._logged <= 2:  # log what it chose, not every wobble
             log.info(
                 "prefill chunks: %d tokens (%.0f prompt tok/s per stage, target %s per chunk)",
                 self.tokens,

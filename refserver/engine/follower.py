@@ -11,6 +11,7 @@ import logging
 import queue
 import signal
 import threading
+from dataclasses import asdict
 
 from ..cluster import Cluster
 from ..control import ControlError
@@ -26,7 +27,7 @@ def run_follower(cluster: Cluster) -> int:
     config = cluster.config
     leader = cluster.channels[0]
     try:
-        leader.send({"type": "ready"})
+        leader.send({"type": "ready", "kv": asdict(cluster.kv)})
         start = leader.recv(timeout=config.load_timeout)
     except ControlError as exc:
         log.error("rank 0 did not start the cluster: %s", exc)

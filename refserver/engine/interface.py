@@ -27,6 +27,10 @@ class NotReadyError(EngineError):
     """The engine is loading, draining or has lost a rank."""
 
 
+class CapacityError(EngineError):
+    """The request could never fit the cluster's KV memory; the message says by how much."""
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How rank 0 turns logits into a token. temperature 0 means greedy."""
@@ -108,6 +112,7 @@ class Health:
     ok: bool
     reason: str = ""
     ranks: int = 1
+    kv: dict | None = None  # KV capacity and use, in tokens (see kv_budget)
 
 
 class Engine(Protocol):

@@ -11,6 +11,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator
+from dataclasses import asdict
 
 import mlx.core as mx
 
@@ -19,6 +20,7 @@ from ..control import ControlError
 from .chunking import DEFAULT_PREFILL_CHUNK, ChunkPolicy, ChunkSizer
 from .executor import StageExecutor
 from .interface import (
+    CapacityError,
     ErrorEvent,
     Event,
     Finished,
@@ -27,6 +29,7 @@ from .interface import (
     NotReadyError,
     QueueFullError,
 )
+from .kv_budget import KvLedger, RankKv
 from .liveness import (
     BLAME_DELAY_SECONDS,
     StepWatchdog,
@@ -89,12 +92,14 @@ class PipelineEngine:
         # leave after that are no failure.
         self._stopped = threading.Event()
         self.watchdog = StepWatchdog(config.step_timeout, self.fail)
+        self._kv_by_rank: dict[int, RankKv] = {0: cluster.kv}
 
     # -- the API side ------------------------------------------------------
     def submit(self, request: GenerationRequest) -> Iterator[Event]:
         health = self.health()
         if not health.ok:
             raise NotReadyError(health.reason)
+        self._check_capacity(request)
         sequence = Sequence(request)
         with self._lock:
             if len(self._streams) >= self.max_open:
@@ -118,6 +123,16 @@ class PipelineEngine:
             with self._lock:
                 self._streams.pop(sequence.id, None)
 
+    def _check_capacity(self, request: GenerationRequest) -> None:
+        ledger, prompt = self.scheduler.ledger, len(request.prompt_tokens)
+        if ledger is not None and ledger.never_fits(prompt, prompt + request.max_tokens):
+            raise CapacityError(
+                f"the prompt ({prompt} tokens) and max_tokens ({request.max_tokens}) need "
+                f"more KV memory than this cluster has: it holds {ledger.capacity_tokens} "
+                "tokens, a prompt's own cache while it is prefilled included; shorten the "
+                "prompt or lower max_tokens"
+            )
+
     def cancel(self, request_id: str) -> None:
         self._post(("cancel", request_id))
 
@@ -129,7 +144,20 @@ class PipelineEngine:
             return Health(False, "loading", ranks)
         if self._draining:
             return Health(False, "draining: the server is shutting down", ranks)
-        return Health(True, "", ranks)
+        return Health(True, "", ranks, self._kv_status())
+
+    def _kv_status(self) -> dict | None:
+        ledger = self.scheduler.ledger
+        if ledger is None:
+            return None
+        cache = self.scheduler.prefix_cache
+        return {
+            "capacity_tokens": ledger.capacity_tokens,
+            "used_tokens": self.scheduler.kv_used,
+            "peak_tokens": ledger.high_water,
+            "cached_prefix_tokens": cache.index.cached_tokens if cache else 0,
+            "ranks": {rank: asdict(kv) for rank, kv in sorted(self._kv_by_rank.items())},
+        }
 
     def _post(self, message) -> None:
         with self._wake:
@@ -175,6 +203,8 @@ class PipelineEngine:
                 error = message.get("error", f"rank {rank} sent {message.get('type')!r}")
                 self._tell_peers({"type": "shutdown", "error": error})
                 raise ControlError(error)
+            self._kv_by_rank[rank] = RankKv(**message["kv"])
+        self._size_kv()
         self._tell_peers({"type": "start"})
         interval = self.cluster.config.heartbeat_interval
         send_heartbeats(list(self.peers.values()), interval, self._stopped)
@@ -183,6 +213,13 @@ class PipelineEngine:
             watch_peer(rank, channel, timeout, self.fail, self._stopped)
         self._loading = False
         log.info("all %d rank(s) loaded; ready", self.cluster.world_size)
+
+    def _size_kv(self) -> None:
+        """The cluster holds as many tokens of KV as its tightest rank."""
+        tightest = min(self._kv_by_rank, key=lambda r: self._kv_by_rank[r].capacity_tokens)
+        capacity = self._kv_by_rank[tightest].capacity_tokens
+        self.scheduler.ledger = KvLedger(capacity)
+        log.info("KV capacity: %d tokens (rank %d is the tightest)", capacity, tightest)
 
     def run(self, drain_seconds: float = 30.0) -> int:
         """Serve until drained (returns 0) or failed (the process exits non-zero)."""

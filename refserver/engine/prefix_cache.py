@@ -9,16 +9,19 @@ which applies them in order, so every rank's entries hold the same tokens.
 Entries are whole token sequences, like mlx_lm's LRUPromptCache, rather than
 vLLM's hashed blocks: a rank's KV is mlx_lm's contiguous KVCache, and a prefix of
 an entry is reused by slicing it.
-Least recently used entries are evicted first when the capacity (in tokens) is
-reached; an entry that a newer one extends is dropped at once.
+Least recently used entries are evicted first when the capacity (in tokens) or
+the KV budget's room is reached; an entry that a newer one extends is dropped at once.
 """
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
+
+from .kv_budget import rounded
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,11 @@ class PrefixIndex:
     def cached_tokens(self) -> int:
         return sum(len(tokens) for tokens in self._entries.values())
 
+    @property
+    def positions(self) -> int:
+        """KV positions the entries hold on a rank (caches grow in steps)."""
+        return sum(rounded(len(tokens)) for tokens in self._entries.values())
+
     def __len__(self) -> int:
         return len(self._entries)
 
@@ -56,13 +64,15 @@ class PrefixIndex:
             self._entries.move_to_end(best.entry)
         return best
 
-    def save(self, tokens: list[int]) -> tuple[int | None, list[int]]:
+    def save(self, tokens: list[int], room: int | None = None) -> tuple[int | None, list[int]]:
         """Decide to keep `tokens` as a new entry: (its id or None, entries to evict first).
 
         None when an entry already holds these tokens (or more), or when they alone
-        exceed the capacity. Entries that the new one extends are evicted.
+        exceed the capacity or the `room` (KV positions the budget leaves the cache).
+        Entries that the new one extends are evicted.
         """
-        if not tokens or len(tokens) > self.capacity_tokens:
+        room = math.inf if room is None else room
+        if not tokens or len(tokens) > self.capacity_tokens or rounded(len(tokens)) > room:
             return None, []
         array = np.asarray(tokens, dtype=np.int64)
         evict = []
@@ -75,14 +85,18 @@ class PrefixIndex:
                 evict.append(entry)
         for entry in evict:
             del self._entries[entry]
-        total = self.cached_tokens
-        while total + len(array) > self.capacity_tokens:
-            oldest, held = self._entries.popitem(last=False)
-            evict.append(oldest)
-            total -= len(held)
+        while (
+            self.cached_tokens + len(array) > self.capacity_tokens
+            or self.positions + rounded(len(array)) > room
+        ):
+            evict.append(self.evict_oldest())
         entry, self._next_id = self._next_id, self._next_id + 1
         self._entries[entry] = array
         return entry, evict
+
+    def evict_oldest(self) -> int:
+        """Give up the least recently used entry; its id."""
+        return self._entries.popitem(last=False)[0]
 
 
 def _common_prefix(a: np.ndarray, b: np.ndarray) -> int:
@@ -107,12 +121,20 @@ class PrefixCache:
         """The longest cached prefix of `prompt` short of its last token (always computed)."""
         return self.index.longest_prefix(prompt, limit=len(prompt) - 1)
 
-    def keep(self, seq_id: str, tokens: list[int]) -> None:
-        """Keep the KV of `tokens`, the first len(tokens) positions of this sequence's cache."""
-        entry, evicted = self.index.save(tokens)
+    def keep(self, seq_id: str, tokens: list[int], room: int | None = None) -> None:
+        """Keep the KV of `tokens`, the first len(tokens) positions of this sequence's cache,
+        within `room` KV positions (see PrefixIndex.save)."""
+        entry, evicted = self.index.save(tokens, room)
         self._ops.extend(["evict", e] for e in evicted)
         if entry is not None:
             self._ops.append(["keep", seq_id, entry, len(tokens)])
+
+    def evict_oldest(self) -> bool:
+        """Make room: give up the least recently used entry; False when there is none."""
+        if not len(self.index):
+            return False
+        self._ops.append(["evict", self.index.evict_oldest()])
+        return True
 
     def take_ops(self) -> list[list]:
         ops, self._ops = self._ops, []

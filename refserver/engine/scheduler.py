@@ -21,6 +21,7 @@ import mlx.core as mx
 
 from .chunking import ChunkPolicy, ChunkSizer
 from .interface import ErrorEvent, Finished, GenerationRequest, PrefillProgress, TokenEvent
+from .kv_budget import KvLedger, held_positions
 from .prefix_cache import PrefixCache
 from .sampling import Draw, RowFailure, SequenceSampler, describe_failure, draw
 from .work import Decode, Prefill, Release, WorkItem
@@ -45,6 +46,11 @@ class Sequence:
     def id(self) -> str:
         return self.request.id
 
+    @property
+    def reach(self) -> int:
+        """The most tokens this sequence's cache can ever hold."""
+        return len(self.request.prompt_tokens) + self.request.max_tokens
+
 
 class Scheduler:
     def __init__(
@@ -54,11 +60,14 @@ class Scheduler:
         max_batch: int = 8,
         chunks: ChunkSizer | None = None,
         prefix_cache_tokens: int = 0,
+        kv_capacity_tokens: int | None = None,
     ):
         self.eos_token_ids = eos_token_ids
         self.max_batch = max_batch
         self.chunks = chunks or ChunkSizer(ChunkPolicy(tokens=2048))
         self.prefix_cache = PrefixCache(prefix_cache_tokens) if prefix_cache_tokens else None
+        self.ledger = KvLedger(kv_capacity_tokens) if kv_capacity_tokens else None
+        self.kv_used = 0  # KV positions held by rank 0's decisions, as of the last item
         self.waiting: deque[Sequence] = deque()
         self.prefilling: Sequence | None = None
         # Chunks of `prefilling` issued and not yet read; one per stage keeps them all busy.
@@ -117,6 +126,9 @@ class Scheduler:
     # -- items out ---------------------------------------------------------
     def next_item(self) -> WorkItem | None:
         """The next item to issue, or None when nothing can start now."""
+        if self.ledger is not None:
+            self.kv_used = self._kv_positions()
+            self.ledger.record(self.kv_used)
         candidates = [self._decode_item] * len(self.members) + [self._prefill_item]
         for offset in range(len(candidates)):
             index = (self._turn + offset) % len(candidates)
@@ -190,6 +202,8 @@ class Scheduler:
         if self.prefilling is None:
             if not self.waiting or self.running() >= self.max_batch:
                 return None
+            if not self._admit(self.waiting[0]):
+                return None  # it waits until running sequences give their KV back
             self.prefilling = self.waiting.popleft()
             reuse = self._reuse_prefix(self.prefilling)
         sequence = self.prefilling
@@ -203,7 +217,7 @@ class Scheduler:
         item = Prefill(sequence.id, prompt[start:end], end == len(prompt), drop, cache_ops, reuse)
         if item.final and self.prefix_cache is not None:
             # Kept once this chunk has run: the op leaves with the next item.
-            self.prefix_cache.keep(sequence.id, prompt)
+            self.prefix_cache.keep(sequence.id, prompt, self._cache_room())
         return item
 
     def _chunk_end(self, start: int, length: int) -> int:
@@ -220,6 +234,39 @@ class Scheduler:
             return None
         sequence.prefilled = sequence.processed = sequence.cached = hit.length
         return [hit.entry, hit.length]
+
+    def _admit(self, sequence: Sequence) -> bool:
+        """Reserve the sequence's KV in the micro-batch where it costs least (then the
+        emptiest), evicting cached prefixes while it does not fit; False: it waits."""
+        while True:
+            cost, _, batch = min(
+                (self._kv_positions(extra=(b, sequence)), len(self.members[b]), b)
+                for b in self.members
+            )
+            if self.ledger is None or cost <= self.ledger.capacity_tokens:
+                sequence.batch = batch
+                return True
+            if self.prefix_cache is None or not self.prefix_cache.evict_oldest():
+                return False
+
+    def _kv_positions(self, extra: tuple[int, Sequence] | None = None, cached=True) -> int:
+        """KV positions every rank holds (or will) for rank 0's decisions so far, with
+        `extra` (micro-batch, sequence) admitted too."""
+        reaches = {b: [s.reach for s in self.members[b] + self.joining[b]] for b in self.members}
+        staged = extra or ((self.prefilling.batch, self.prefilling) if self.prefilling else None)
+        prompt = 0
+        if staged is not None:  # its own cache while it prefills, and its row once joined
+            batch, sequence = staged
+            reaches[batch].append(sequence.reach)
+            prompt = len(sequence.request.prompt_tokens)
+        entries = self.prefix_cache.index.positions if cached and self.prefix_cache else 0
+        return held_positions(list(reaches.values()), prompt) + entries
+
+    def _cache_room(self) -> int | None:
+        """KV positions the budget leaves for cached prefixes (None: no budget)."""
+        if self.ledger is None:
+            return None
+        return self.ledger.capacity_tokens - self._kv_positions(cached=False)
 
     def running(self) -> int:
         """Sequences prefilled and decoding (or about to join a micro-batch)."""
@@ -281,10 +328,7 @@ class Scheduler:
             return
         self.prefilling = None
         (event,) = sampling.events()
-        sequence.batch = min(
-            self.members, key=lambda b: len(self.members[b]) + len(self.joining[b])
-        )
-        self.joining[sequence.batch].append(sequence)
+        self.joining[sequence.batch].append(sequence)  # the micro-batch chosen at admission
         self._deliver(sequence, event)
 
     def _deliver_token(self, sequence: Sequence, event: TokenEvent) -> None:
@@ -307,7 +351,7 @@ class Scheduler:
 
     def _finish(self, sequence: Sequence, reason: str, holds_cache: bool = True) -> None:
         if holds_cache and self.prefix_cache is not None:
-            self.prefix_cache.keep(sequence.id, _computed_tokens(sequence))
+            self.prefix_cache.keep(sequence.id, _computed_tokens(sequence), self._cache_room())
         prompt_tokens = len(sequence.request.prompt_tokens)
         finished = Finished(reason, prompt_tokens, sequence.generated, sequence.cached)
         self._end(sequence, finished, holds_cache)

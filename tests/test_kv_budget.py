@@ -1,0 +1,139 @@
+"""The KV budget: sizes, positions held, and rank 0 admitting by it (fake logits).
+On real ranks: test_reliability_kv_budget.py."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import pytest
+
+from refserver.engine.chunking import ChunkPolicy, ChunkSizer
+from refserver.engine.interface import Finished, GenerationRequest
+from refserver.engine.kv_budget import (
+    KV_STEP,
+    KvLedger,
+    RankKv,
+    held_positions,
+    parse_size,
+    rounded,
+)
+from refserver.engine.scheduler import Scheduler, Sequence
+from refserver.engine.work import Decode, Prefill
+
+VOCAB = 50
+
+
+@pytest.mark.parametrize(
+    "text, size",
+    [
+        ("512MB", 512 * 10**6),
+        ("40GB", 40 * 10**9),
+        ("1.5GiB", int(1.5 * 2**30)),
+        ("64kib", 64 * 1024),
+        ("1000000", 10**6),
+        (" 2 tb ", 2 * 10**12),
+    ],
+)
+def test_parse_size(text, size):
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "0", "0GB", "-1GB", "lots", "12 parsecs", "5ib", "GB"])
+def test_parse_size_refuses(text):
+    with pytest.raises(ValueError, match="--kv-budget"):
+        parse_size(text)
+
+
+@pytest.mark.parametrize(
+    "batches, prompt, positions",
+    [
+        ([], 0, 0),
+        ([[10]], 0, KV_STEP),
+        ([[10, 300]], 0, 2 * 2 * KV_STEP),  # rectangular: every row as long as the longest
+        ([[10], [300]], 0, KV_STEP + 2 * KV_STEP),
+        ([[10], []], 257, KV_STEP + 2 * KV_STEP),
+    ],
+)
+def test_held_positions(batches, prompt, positions):
+    assert held_positions(batches, prompt) == positions
+
+
+def test_rank_capacity_and_never_fits():
+    assert RankKv(budget_bytes=1_000_000, bytes_per_token=512).capacity_tokens == 1953
+    ledger = KvLedger(capacity_tokens=4 * KV_STEP)
+    assert not ledger.never_fits(prompt=100, reach=3 * KV_STEP)
+    assert ledger.never_fits(prompt=100, reach=3 * KV_STEP + 1)
+    assert ledger.never_fits(prompt=2 * KV_STEP + 1, reach=2 * KV_STEP + 1)
+    assert rounded(0) == 0 and rounded(1) == rounded(KV_STEP) == KV_STEP
+
+
+def _scheduler(capacity: int, cache: int = 0, micro_batches: int = 1) -> Scheduler:
+    return Scheduler(
+        {VOCAB - 1},
+        micro_batches=micro_batches,
+        chunks=ChunkSizer(ChunkPolicy(tokens=64)),
+        prefix_cache_tokens=cache,
+        kv_capacity_tokens=capacity,
+    )
+
+
+def _sequence(name: str, prompt_length: int, max_tokens: int, first: int = 1) -> Sequence:
+    prompt = list(range(first, first + prompt_length))
+    return Sequence(GenerationRequest(name, prompt, max_tokens=max_tokens))
+
+
+def _run(scheduler: Scheduler, steps: int = 2000) -> list:
+    issued = []
+    for _ in range(steps):
+        item = scheduler.next_item()
+        if item is None:
+            break
+        issued.append(item)
+        rows = len(item.seqs) if isinstance(item, Decode) else 1
+        produces = isinstance(item, Decode) or (isinstance(item, Prefill) and item.final)
+        logits = mx.zeros((rows, VOCAB)).at[:, 7].add(5.0) if produces else None
+        scheduler.on_result(item, scheduler.start_sampling(item, logits))
+        scheduler.flush()
+        assert scheduler.kv_used <= scheduler.ledger.capacity_tokens
+    return issued
+
+
+def test_a_sequence_that_does_not_fit_waits_until_another_gives_its_kv_back():
+    # Each needs its row (256) and, while prefilled, its prompt's own cache (256).
+    scheduler = _scheduler(capacity=3 * KV_STEP - 1)
+    first, second = _sequence("a", 10, 100), _sequence("b", 10, 100)
+    scheduler.add(first)
+    scheduler.add(second)
+    issued = _run(scheduler)
+    order = list(dict.fromkeys(item.seq for item in issued if isinstance(item, Prefill)))
+    assert order == ["a", "b"]
+    second_prefill = next(
+        i for i, item in enumerate(issued) if isinstance(item, Prefill) and item.seq == "b"
+    )
+    assert any("a" in item.drop for item in issued[: second_prefill + 1])
+    assert scheduler.ledger.high_water <= 3 * KV_STEP - 1
+    for sequence in (first, second):
+        events = []
+        while not sequence.events.empty():
+            events.append(sequence.events.get())
+        assert isinstance(events[-1], Finished) and events[-1].completion_tokens == 100
+
+
+def test_cached_prefixes_are_evicted_first_to_admit_a_sequence():
+    scheduler = _scheduler(capacity=4 * KV_STEP, cache=10_000)
+    scheduler.add(_sequence("a", 200, 10))
+    _run(scheduler)
+    assert len(scheduler.prefix_cache.index) == 1  # prompt and output, kept
+    scheduler.add(_sequence("b", 200, 3 * KV_STEP - 200, first=1000))
+    issued = _run(scheduler)
+    assert issued[0].cache_ops[0][0] == "evict"
+    assert len(scheduler.prefix_cache.index) <= 1
+
+
+def test_sequences_spread_over_micro_batches_by_what_they_cost():
+    scheduler = _scheduler(capacity=100 * KV_STEP, micro_batches=2)
+    long, short, other = _sequence("long", 10, 2000), _sequence("s", 10, 5), _sequence("o", 10, 5)
+    for sequence in (long, short, other):
+        scheduler.add(sequence)
+    _run(scheduler, steps=12)
+    # A short sequence beside the long one would cost a row as long as the long one.
+    assert long.batch != short.batch and short.batch == other.batch
