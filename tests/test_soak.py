@@ -87,3 +87,43 @@ def test_soak(tiny_model):
     output = logs.text()
     assert " ERROR " not in output and "Traceback" not in output
     print(f"soak: {REQUESTS} requests in {elapsed:.1f} s; RSS {before} -> {after} MB")
+
+
+PREFIXES = [f"Chapter {n}. The harbour at dawn, the boats and their crews. " * 3 for n in range(10)]
+SUFFIXES = ["Then", "Meanwhile", "Later that day", "Nobody knew"]
+SMALL_CACHE = "1024"  # tokens: a few conversations, so entries churn
+
+
+def shifting_prompt(index: int) -> str:
+    """The shared prefix moves on every 20 requests; within it, four endings."""
+    return PREFIXES[(index // 20) % len(PREFIXES)] + SUFFIXES[index % len(SUFFIXES)]
+
+
+def test_soak_with_shifting_shared_prefixes(tiny_model):
+    """Greedy outputs equal mlx_lm's (the no-cache outputs) while the prefix cache hits,
+    extends and evicts; memory stays flat once the cache is full."""
+    args = ("--prefix-cache", SMALL_CACHE)
+    with ServerCluster(2, tiny_model, extra_args=args, sink=Logs()) as server:
+        api = client(server, timeout=120)
+        pids = rank_pids(server)
+
+        def complete(index: int) -> tuple[str, int]:
+            reply = api.completions.create(
+                model="default_model",
+                prompt=shifting_prompt(index),
+                max_tokens=MAX_TOKENS,
+                temperature=0,
+            )
+            return reply.choices[0].text, reply.usage.prompt_tokens_details.cached_tokens
+
+        with ThreadPoolExecutor(CONCURRENCY) as pool:
+            list(pool.map(complete, range(REQUESTS)))  # warm-up: the cache fills
+            before = [rss_mb(pid) for pid in pids]
+            results = list(pool.map(complete, range(REQUESTS)))
+        after = [rss_mb(pid) for pid in pids]
+        assert sum(cached for _, cached in results) > REQUESTS * 20  # the cache served
+        for index, (text, _) in enumerate(results):
+            assert text == reference_text(tiny_model, shifting_prompt(index), MAX_TOKENS), index
+        for rank, (b, a) in enumerate(zip(before, after, strict=True)):
+            assert a - b < RSS_TOLERANCE_MB, f"rank {rank}: {b:.0f} MB -> {a:.0f} MB"
+        assert_in_step(server, tiny_model)
