@@ -137,3 +137,21 @@ def test_sequences_spread_over_micro_batches_by_what_they_cost():
     _run(scheduler, steps=12)
     # A short sequence beside the long one would cost a row as long as the long one.
     assert long.batch != short.batch and short.batch == other.batch
+
+
+def test_the_entry_a_new_prompt_extends_is_evicted_last():
+    scheduler = _scheduler(capacity=5 * KV_STEP, cache=10_000)
+    scheduler.add(_sequence("a", 100, 5))
+    _run(scheduler)
+    scheduler.add(_sequence("b", 100, 5, first=1000))
+    _run(scheduler)
+    # Entries are numbered as decided: a's prompt 0, then a whole 1; b's prompt 2, b whole 3.
+    a_entry, b_entry = 1, 3
+    assert len(scheduler.prefix_cache.index) == 2 and b_entry in scheduler.prefix_cache.index
+    # "a" again, with more after it and a reach that needs one of the two entries gone.
+    prompt = list(range(1, 101)) + [7, 7, 7, 7, 40, 41]
+    scheduler.add(Sequence(GenerationRequest("again", prompt, max_tokens=2 * KV_STEP)))
+    issued = _run(scheduler)
+    first = next(item for item in issued if isinstance(item, Prefill))
+    assert first.cache_ops == [["evict", b_entry]]  # b's, though a's is the older
+    assert first.reuse == [a_entry, 104]

@@ -50,6 +50,9 @@ class PrefixIndex:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def __contains__(self, entry: int) -> bool:
+        return entry in self._entries
+
     def longest_prefix(self, prompt: list[int], limit: int) -> PrefixHit | None:
         """The entry sharing the longest prefix with `prompt`, at most `limit` tokens."""
         if limit <= 0 or not self._entries:

@@ -22,7 +22,7 @@ import mlx.core as mx
 from .chunking import ChunkPolicy, ChunkSizer
 from .interface import ErrorEvent, Finished, GenerationRequest, PrefillProgress, TokenEvent
 from .kv_budget import KvLedger, held_positions
-from .prefix_cache import PrefixCache
+from .prefix_cache import PrefixCache, PrefixHit
 from .sampling import Draw, RowFailure, SequenceSampler, describe_failure, draw
 from .work import Decode, Prefill, Release, WorkItem
 
@@ -202,10 +202,12 @@ class Scheduler:
         if self.prefilling is None:
             if not self.waiting or self.running() >= self.max_batch:
                 return None
+            # Looked up first: the entry it hits is the last one evicted to admit it.
+            hit = self._cached_prefix(self.waiting[0])
             if not self._admit(self.waiting[0]):
                 return None  # it waits until running sequences give their KV back
             self.prefilling = self.waiting.popleft()
-            reuse = self._reuse_prefix(self.prefilling)
+            reuse = self._start_from(self.prefilling, hit)
         sequence = self.prefilling
         prompt = sequence.request.prompt_tokens
         if sequence.cancelled or sequence.prefilled == len(prompt):
@@ -225,12 +227,14 @@ class Scheduler:
         body = length - 1
         return min(start + self.chunks.tokens, body) if start < body else length
 
-    def _reuse_prefix(self, sequence: Sequence) -> list[int] | None:
-        """Start from the longest cached prefix of the prompt."""
+    def _cached_prefix(self, sequence: Sequence) -> PrefixHit | None:
         if self.prefix_cache is None:
             return None
-        hit = self.prefix_cache.reuse(sequence.request.prompt_tokens)
-        if hit is None:
+        return self.prefix_cache.reuse(sequence.request.prompt_tokens)
+
+    def _start_from(self, sequence: Sequence, hit: PrefixHit | None) -> list[int] | None:
+        """Start from a cached prefix, unless admitting the sequence evicted it."""
+        if hit is None or hit.entry not in self.prefix_cache.index:
             return None
         sequence.prefilled = sequence.processed = sequence.cached = hit.length
         return [hit.entry, hit.length]
