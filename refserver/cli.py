@@ -79,10 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     add("--control-port", type=int, help="rank 0's control port (default: last ring port + 1)")
     add("--connect-timeout", type=float, help="seconds to wait for peers at start-up (default: 60)")
+    add("--heartbeat-timeout", type=float, help="seconds before a silent peer is lost (default: 2)")
     add(
-        "--heartbeat-timeout", type=float, help="seconds before a silent peer is lost (default: 10)"
+        "--step-timeout",
+        type=float,
+        help="seconds one pipeline step may take, the last resort for a stuck ring; keep it "
+        "far above a prefill chunk's time on the slowest rank times the ranks (default: 120)",
     )
-    add("--step-timeout", type=float, help="seconds one pipeline step may take (default: 120)")
     add("--drain-seconds", type=float, default=30.0, help="on SIGTERM, time to finish requests")
     return parser
 

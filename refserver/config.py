@@ -35,8 +35,13 @@ class ClusterConfig:
     control_port: int | None = None
     connect_timeout: float = 60.0
     cluster_token: str = ""
-    heartbeat_interval: float = 1.0
-    heartbeat_timeout: float = 10.0
+    # Heartbeats come from threads of their own, which run while the main thread is
+    # inside an MLX op (MLX releases the GIL there), so a long step never delays them:
+    # the timeout bounds only how long a stopped rank goes unnoticed.
+    heartbeat_interval: float = 0.5
+    heartbeat_timeout: float = 2.0
+    # The last resort, for a rank that answers heartbeats but whose ring is stuck: far
+    # above any real step (a prefill chunk on the slowest rank, times the ranks).
     step_timeout: float = 120.0
     load_timeout: float = 1800.0
     # This rank's KV memory budget (--kv-budget); None: derived from its memory.

@@ -74,19 +74,28 @@ class Channel:
     def _read_exact(self, size: int, deadline: float | None) -> bytes:
         chunks = []
         while size:
-            if deadline is None:
-                self.sock.settimeout(None)
-            else:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError
-                self.sock.settimeout(remaining)
-            chunk = self.sock.recv(min(size, 1 << 20))
+            chunk = self._recv_some(min(size, 1 << 20), deadline)
             if not chunk:
                 raise ControlError(f"{self.peer} closed the connection")
             chunks.append(chunk)
             size -= len(chunk)
         return b"".join(chunks)
+
+    def _recv_some(self, size: int, deadline: float | None) -> bytes:
+        if deadline is None:
+            self.sock.settimeout(None)
+            return self.sock.recv(size)
+        remaining = deadline - time.monotonic()
+        if remaining > 0:
+            self.sock.settimeout(remaining)
+            return self.sock.recv(size)
+        # Past the deadline, bytes that already arrived still count: a rank resumed after
+        # being stopped reads its peer's last message instead of timing out on it.
+        self.sock.settimeout(0)
+        try:
+            return self.sock.recv(size)
+        except BlockingIOError:
+            raise TimeoutError from None
 
     def close(self) -> None:
         try:
