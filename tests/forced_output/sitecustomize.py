@@ -16,6 +16,11 @@ may add scripts while the cluster runs.
 
 With REFSERVER_TEST_FAILING_SEED set, a sequence sampled with that seed has its
 sampler raise at its second token: one request's own failure, injected.
+
+With REFSERVER_TEST_SLOW_STEP="prefill:6" (or "decode:6"), the first work item of that
+kind the rank runs spends at least 6 s inside one mx.eval first: a rank deep in a long
+MLX op (its heartbeats must go on). It prints "slow step: computing for 6 s" first
+and "slow step: one mx.eval of N s" after.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import os
 
 _FILE = os.environ.get("REFSERVER_TEST_FORCED_TOKENS")
 _FAILING_SEED = os.environ.get("REFSERVER_TEST_FAILING_SEED")
+_SLOW_STEP = os.environ.get("REFSERVER_TEST_SLOW_STEP")
 
 
 def _script_for(prompt_tokens: list[int], decoders: dict) -> list[int]:
@@ -81,7 +87,48 @@ def _install_failure(seed: int) -> None:
     sampling.SequenceSampler.choose = failing
 
 
+def _long_mlx_op(seconds: float) -> float:
+    """Compute in one mx.eval for at least `seconds`: longer chains of matrix products,
+    each sized by the last one's time, until one takes that long; return its time."""
+    import time
+
+    import mlx.core as mx
+
+    links = 32
+    while True:
+        x = mx.ones((256, 256)) / 256
+        for _ in range(links):
+            x = x @ x
+        started = time.monotonic()
+        mx.eval(x)
+        took = time.monotonic() - started
+        if took >= seconds:
+            return took
+        links = int(links * max(2.0, 1.5 * seconds / took))
+
+
+def _install_slow_step(kind: str, seconds: float) -> None:
+    import sys
+
+    from refserver.engine import executor, work
+
+    slow_kind = {"prefill": work.Prefill, "decode": work.Decode}[kind]
+    run = executor.StageExecutor.run
+    done = []
+
+    def slow_run(self, item, inputs=None):
+        if not done and isinstance(item, slow_kind):
+            print(f"slow step: computing for {seconds:g} s", file=sys.stderr, flush=True)
+            done.append(_long_mlx_op(seconds))
+            print(f"slow step: one mx.eval of {done[0]:.1f} s", file=sys.stderr, flush=True)
+        return run(self, item, inputs)
+
+    executor.StageExecutor.run = slow_run
+
+
 if _FILE:
     _install()
 if _FAILING_SEED:
     _install_failure(int(_FAILING_SEED))
+if _SLOW_STEP:
+    _install_slow_step(_SLOW_STEP.split(":")[0], float(_SLOW_STEP.split(":")[1]))
