@@ -47,6 +47,9 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     if config.getoption("--url") and not config.getoption("--model"):
         raise pytest.UsageError("--url needs --model: the baseline loads that model here")
+    json_path = config.getoption("benchmark_json", None)
+    if json_path is not None:  # pytest-benchmark writes it at the end, into a folder that exists
+        json_path.parent.mkdir(parents=True, exist_ok=True)
     config.stash[SUMMARY] = []
 
 

@@ -16,7 +16,8 @@ from urllib.parse import urlsplit
 
 @dataclass
 class Stream:
-    """When a generation was asked for, when each piece of its output arrived, and its usage."""
+    """When a generation was asked for, when each piece of its output (and its end) arrived,
+    and its usage."""
 
     started: float
     arrivals: list[float] = field(default_factory=list)
@@ -103,7 +104,9 @@ def _read_event(raw: bytes, stream: Stream) -> None:
         _read_usage(chunk["usage"], stream)
     for choice in chunk.get("choices") or []:
         text = _output_text(choice.get("delta") or {})
-        if text:
+        # The end counts as an arrival: a lone first token may be all whitespace, which
+        # the server trims, and then the end is when that token was out.
+        if text or choice.get("finish_reason"):
             stream.arrivals.append(time.perf_counter())
             stream.text += text
 
