@@ -13,8 +13,19 @@ from paired import Paired
 from targets import Deployment, running, target_specs
 
 SUMMARY = pytest.StashKey[list]()
-OPTION_NAMES = ("preset", "model", "ranks", "split", "url", "peers")
-OPTION_NAMES += ("rounds", "tokens", "prompt_tokens", "streams", "idle_seconds")
+OPTION_NAMES = (
+    "preset",
+    "model",
+    "ranks",
+    "split",
+    "url",
+    "peers",
+    "rounds",
+    "tokens",
+    "prompt_tokens",
+    "streams",
+    "idle_seconds",
+)
 
 
 @dataclass(frozen=True)
@@ -70,7 +81,7 @@ def deployment(request, tmp_path_factory) -> Deployment:
 
         preset = option("--preset")
         model = str(build_tiny_model(tmp_path_factory.mktemp("models") / preset, preset=preset))
-    return Deployment(model, option("--ranks"), option("--split"), option("--url"))
+    return Deployment(model, option("--split"), option("--url"))
 
 
 @pytest.fixture(scope="session")

@@ -24,10 +24,9 @@ START_TIMEOUT_SECONDS = 1800
 
 @dataclass(frozen=True)
 class Deployment:
-    """Where the benchmarks run: the model, how many ranks with which split, or a URL."""
+    """Where the benchmarks run: the model, the N-rank pipeline's split, or a server's URL."""
 
     model: str
-    ranks: int
     split: str | None
     url: str | None
 
