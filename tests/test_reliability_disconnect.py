@@ -11,9 +11,11 @@ import pytest
 from rank_helpers import (
     Logs,
     assert_in_step,
+    chat_body,
     cpu_seconds,
     long_body,
     open_stream,
+    post,
     rank_pids,
     rss_mb,
     wait_until,
@@ -103,3 +105,23 @@ def test_a_hundred_disconnects_leave_the_ranks_in_step_and_memory_flat(server, t
         assert a - b < RSS_TOLERANCE_MB, f"rank {rank}: {b:.0f} MB -> {a:.0f} MB"
     assert server.ranks.poll_failure() is None
     assert_in_step(server, tiny_model)
+
+
+def test_a_client_that_leaves_during_its_prefill_stops_it_on_every_rank(tiny_model):
+    # One-token chunks make a long prompt take seconds to prefill on the tiny model.
+    args = ("--prefill-chunk", "1")
+    with ServerCluster(2, tiny_model, extra_args=args, sink=Logs()) as server:
+        pids = rank_pids(server)
+        body = chat_body("tide and harbour " * 300, max_tokens=8)
+        sock, _ = open_stream(server, body, events=0)
+        time.sleep(0.5)
+        sock.close()
+        dropped = time.monotonic()
+        assert wait_until(lambda: all_idle(pids), timeout=10)
+        assert time.monotonic() - dropped < STOPPED_WITHIN
+        # The same prompt again starts from what was prefilled before the cancellation.
+        status, _, reply = post(server, body)
+        assert status == 200, reply
+        usage = reply["usage"]
+        assert 0 < usage["prompt_tokens_details"]["cached_tokens"] < usage["prompt_tokens"] / 2
+        assert_in_step(server, tiny_model)
