@@ -17,6 +17,7 @@ from ..cluster import Cluster
 from ..control import ControlError
 from .executor import StageExecutor
 from .liveness import STOP_SIGNALS, StepWatchdog, exit_soon, is_ring_error, send_heartbeats
+from .rank_stats import own_stats
 from .work import from_message
 
 log = logging.getLogger(__name__)
@@ -49,9 +50,10 @@ def run_follower(cluster: Cluster) -> int:
     for stop_signal in STOP_SIGNALS:
         signal.signal(stop_signal, on_term)
     stop_beats = threading.Event()
-    send_heartbeats([leader], config.heartbeat_interval, stop_beats, on_error=lost)
-    inbox = read_leader(leader, config.heartbeat_timeout, lost)
     watchdog = StepWatchdog(config.step_timeout, lost)
+    stats = own_stats(watchdog)  # the heartbeats carry this rank's counters to rank 0
+    send_heartbeats([leader], config.heartbeat_interval, stop_beats, on_error=lost, stats=stats)
+    inbox = read_leader(leader, config.heartbeat_timeout, lost)
     executor = StageExecutor(cluster.stage)
     while True:
         message = inbox.get()

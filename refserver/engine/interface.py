@@ -83,13 +83,14 @@ class Finished:
 
     reason: "stop" (an end-of-sequence token; the API may still end earlier on a
     stop string), "length" (max_tokens or context), "cancelled" (client gone or
-    deadline passed).
+    deadline passed). queue_seconds: how long it waited before its prefill began.
     """
 
     reason: Literal["stop", "length", "cancelled"]
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0
+    queue_seconds: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -38,8 +38,10 @@ from .liveness import (
     send_heartbeats,
     watch_peer,
 )
+from .rank_stats import RankReports
 from .sampling import Draw
 from .scheduler import Scheduler, Sequence
+from .status import cluster_status
 from .work import Decode, Prefill, WorkItem, to_message
 
 log = logging.getLogger(__name__)
@@ -93,6 +95,7 @@ class PipelineEngine:
         self._stopped = threading.Event()
         self.watchdog = StepWatchdog(config.step_timeout, self.fail)
         self._kv_by_rank: dict[int, RankKv] = {0: cluster.kv}
+        self.reports = RankReports()  # each peer's latest heartbeat
 
     # -- the API side ------------------------------------------------------
     def submit(self, request: GenerationRequest) -> Iterator[Event]:
@@ -144,9 +147,13 @@ class PipelineEngine:
             return Health(False, "loading", ranks)
         if self._draining:
             return Health(False, "draining: the server is shutting down", ranks)
-        return Health(True, "", ranks, self._kv_status())
+        return Health(True, "", ranks, self.kv_status())
 
-    def _kv_status(self) -> dict | None:
+    def status(self) -> dict:
+        """A snapshot of the cluster for /metrics and the status page (see status.py)."""
+        return cluster_status(self)
+
+    def kv_status(self) -> dict | None:
         ledger = self.scheduler.ledger
         if ledger is None:
             return None
@@ -210,7 +217,8 @@ class PipelineEngine:
         send_heartbeats(list(self.peers.values()), interval, self._stopped)
         timeout = self.cluster.config.heartbeat_timeout
         for rank, channel in self.peers.items():
-            watch_peer(rank, channel, timeout, self.fail, self._stopped)
+            heard = self.reports.listener(rank)
+            watch_peer(rank, channel, timeout, self.fail, self._stopped, heard)
         self._loading = False
         log.info("all %d rank(s) loaded; ready", self.cluster.world_size)
 

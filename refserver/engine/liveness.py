@@ -28,11 +28,17 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class StepWatchdog:
-    """Ends the process when one step (an MLX op) runs past its deadline."""
+    """Ends the process when one step (an MLX op) runs past its deadline.
+
+    It also counts the steps and their time, since it times every step anyway
+    (read by /metrics and the status page, through the heartbeats).
+    """
 
     def __init__(self, timeout: float, on_expire: Callable[[str], None]):
         self.timeout = timeout
         self.on_expire = on_expire
+        self.steps = 0
+        self.step_seconds = 0.0
         self._started: float | None = None
         self._lock = threading.Lock()
         thread = threading.Thread(target=self._watch, name="step-watchdog", daemon=True)
@@ -44,6 +50,9 @@ class StepWatchdog:
 
     def end(self) -> None:
         with self._lock:
+            if self._started is not None:
+                self.steps += 1
+                self.step_seconds += time.monotonic() - self._started
             self._started = None
 
     def _watch(self) -> None:
@@ -61,17 +70,22 @@ def send_heartbeats(
     interval: float,
     stop: threading.Event,
     on_error: Callable[[str], None] | None = None,
+    stats: Callable[[], dict] | None = None,
 ) -> None:
     """Start a thread that sends a heartbeat on every channel each `interval` seconds.
 
-    A failed send calls `on_error` (where no reader would notice the loss).
+    A failed send calls `on_error` (where no reader would notice the loss). `stats`
+    gives what the heartbeat carries besides (this rank's counters, for rank 0).
     """
 
     def beat():
         while not stop.wait(interval):
+            message = {"type": "heartbeat"}
+            if stats is not None:
+                message["stats"] = stats()
             for channel in channels:
                 try:
-                    channel.send({"type": "heartbeat"})
+                    channel.send(message)
                 except ControlError as exc:
                     if on_error is not None:
                         on_error(f"{channel.peer} lost: {exc}")
@@ -86,11 +100,13 @@ def watch_peer(
     timeout: float,
     on_lost: Callable[[str], None],
     stopped: threading.Event,
+    heard: Callable[[dict], None] | None = None,
 ) -> None:
     """Start a thread that reads a peer's messages; silence or EOF means it is lost.
 
     `on_lost` gets a short reason naming the rank (clients see it); the details
-    are logged here. Once `stopped` is set, the peer leaving is expected.
+    are logged here. Once `stopped` is set, the peer leaving is expected. `heard`
+    gets every message read (heartbeats carry the peer's counters).
     """
 
     def read():
@@ -102,6 +118,8 @@ def watch_peer(
                     log.error("rank %d lost: %s", rank, exc)
                     on_lost(f"rank {rank} lost")
                 return
+            if heard is not None:
+                heard(message)
             kind = message.get("type")
             if kind == "failed":
                 log.error("rank %d failed: %s", rank, message.get("error", "unknown error"))

@@ -14,6 +14,7 @@ items that still held them.
 from __future__ import annotations
 
 import queue
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -41,6 +42,9 @@ class Sequence:
     batch: int | None = None
     cancelled: bool = False
     done: bool = False
+    # When it was queued and when admitted: its queue wait, for /metrics.
+    queued_at: float = field(default_factory=time.monotonic)
+    admitted_at: float | None = None
 
     @property
     def id(self) -> str:
@@ -207,6 +211,7 @@ class Scheduler:
             if not self._admit(self.waiting[0]):
                 return None  # it waits until running sequences give their KV back
             self.prefilling = self.waiting.popleft()
+            self.prefilling.admitted_at = time.monotonic()
             reuse = self._start_from(self.prefilling, hit)
         sequence = self.prefilling
         prompt = sequence.request.prompt_tokens
@@ -357,7 +362,8 @@ class Scheduler:
         if holds_cache and self.prefix_cache is not None:
             self.prefix_cache.keep(sequence.id, _computed_tokens(sequence), self._cache_room())
         prompt_tokens = len(sequence.request.prompt_tokens)
-        finished = Finished(reason, prompt_tokens, sequence.generated, sequence.cached)
+        queued = (sequence.admitted_at or time.monotonic()) - sequence.queued_at
+        finished = Finished(reason, prompt_tokens, sequence.generated, sequence.cached, queued)
         self._end(sequence, finished, holds_cache)
 
     def _end(self, sequence: Sequence, last_event, holds_cache: bool = True) -> None:

@@ -1,0 +1,58 @@
+"""What each rank tells rank 0 about itself, for /metrics and the status page.
+
+Every rank counts its steps where its step watchdog already times them and reads its
+MLX memory in the heartbeat thread; the heartbeats carry both to rank 0, which keeps
+each rank's latest report and when it came. Nothing here runs inside a step.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import mlx.core as mx
+
+from .liveness import StepWatchdog
+
+
+def own_stats(watchdog: StepWatchdog) -> Callable[[], dict]:
+    """This rank's counters as a heartbeat carries them."""
+
+    def stats() -> dict:
+        return {
+            "steps": watchdog.steps,
+            "step_seconds": watchdog.step_seconds,
+            "memory_bytes": mx.get_active_memory(),
+        }
+
+    return stats
+
+
+class RankReports:
+    """Rank 0's record of the latest message (heartbeat or other) from each peer."""
+
+    def __init__(self):
+        self._heard: dict[int, tuple[float, dict]] = {}
+        self._lock = threading.Lock()
+
+    def listener(self, rank: int) -> Callable[[dict], None]:
+        """What watch_peer calls with each message of `rank`."""
+
+        def heard(message: dict) -> None:
+            with self._lock:
+                stats = message.get("stats") or self._heard.get(rank, (0.0, {}))[1]
+                self._heard[rank] = (time.monotonic(), stats)
+
+        return heard
+
+    def heartbeat_age(self, rank: int) -> float | None:
+        """Seconds since `rank` was last heard from (None: not yet)."""
+        with self._lock:
+            heard = self._heard.get(rank)
+        return None if heard is None else time.monotonic() - heard[0]
+
+    def stats(self, rank: int) -> dict:
+        """The counters of `rank`'s latest heartbeat (empty before the first)."""
+        with self._lock:
+            return dict(self._heard.get(rank, (0.0, {}))[1])
