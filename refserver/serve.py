@@ -38,6 +38,10 @@ class EngineSlot:
             return Health(False, "loading")
         return self.engine.health()
 
+    def status(self) -> dict | None:
+        """The engine's snapshot for /metrics and the status page (None before it exists)."""
+        return None if self.engine is None else self.engine.status()
+
 
 def run_rank(config: ServerConfig) -> int:
     if config.cluster.rank != 0:

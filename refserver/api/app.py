@@ -1,4 +1,8 @@
-"""The Flask application: request ids, auth, CORS, error objects, /health, the routes."""
+"""The Flask application: request ids, auth, CORS, error objects, /health, the routes.
+
+/health, /metrics and the status page (/ and its static files) are open; its JSON
+(/status) and the model routes need the API key when one is set.
+"""
 
 from __future__ import annotations
 
@@ -11,21 +15,26 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from refserver.api.agent_message import agent_builder
 from refserver.api.anthropic_messages import MESSAGES_PATH, AnthropicRoutes
 from refserver.api.errors import ApiError
 from refserver.api.message import MessageBuilderFactory
+from refserver.api.metrics import ServerMetrics
+from refserver.api.observed_engine import ObservedEngine
 from refserver.api.prompting import Vocabulary
 from refserver.api.routes import OpenAIRoutes
 from refserver.api.settings import ApiSettings
+from refserver.api.status import StatusRoutes, engine_status
 from refserver.api.submit import Submitter
 from refserver.engine.interface import Engine
 
 log = logging.getLogger(__name__)
 
-_OPEN_PATHS = frozenset(("/health",))
+_OPEN_PATHS = frozenset(("/health", "/metrics", "/"))
+_STATIC_PREFIX = "/static/"
 _REPEATED_SLASHES = re.compile("/{2,}")
 _CORS_HEADERS = "Authorization, Content-Type, x-api-key, anthropic-version, anthropic-beta"
 
@@ -49,14 +58,19 @@ def create_app(
     app.json.sort_keys = False
     app.json.ensure_ascii = False
     app.json.compact = True
+    metrics = ServerMetrics(lambda: engine_status(engine))
     app.before_request(_start_request)
     app.before_request(lambda: _authenticate(settings.api_keys))
+    app.after_request(lambda response: _count(response, metrics))
     app.after_request(lambda response: _finish_response(response, settings.allowed_origins))
     app.register_error_handler(ApiError, _error_response)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _internal_error)
     app.get("/health")(lambda: _health(engine))
-    submitter = Submitter(engine, Vocabulary(tokenizer, settings.chat_template_kwargs), settings)
+    app.get("/metrics", endpoint="metrics")(lambda: _metrics(metrics))
+    StatusRoutes(engine, metrics, settings.model_name).register(app)
+    vocab = Vocabulary(tokenizer, settings.chat_template_kwargs)
+    submitter = Submitter(ObservedEngine(engine, metrics), vocab, settings)
     OpenAIRoutes(submitter, message_builder).register(app)
     AnthropicRoutes(submitter, message_builder).register(app)
     return app
@@ -87,15 +101,19 @@ def _health(engine: Engine) -> Response:
     return jsonify(body)
 
 
+def _metrics(metrics: ServerMetrics) -> Response:
+    return Response(metrics.render(), content_type=CONTENT_TYPE_LATEST)
+
+
 def _start_request() -> None:
     g.request_id = uuid.uuid4().hex
     g.started = time.monotonic()
 
 
 def _authenticate(api_keys: tuple[str, ...]) -> None:
-    """Every route but /health needs `Authorization: Bearer <key>` when keys are set;
+    """Every route but the open ones needs `Authorization: Bearer <key>` when keys are set;
     the Anthropic routes also take `x-api-key: <key>`, as Anthropic clients send it."""
-    if not api_keys or request.method == "OPTIONS" or request.path in _OPEN_PATHS:
+    if not api_keys or request.method == "OPTIONS" or _is_open(request.path):
         return
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     given = [token.strip()] if scheme.lower() == "bearer" else []
@@ -114,6 +132,17 @@ def _authenticate(api_keys: tuple[str, ...]) -> None:
         )
 
 
+def _is_open(path: str) -> bool:
+    return path in _OPEN_PATHS or path.startswith(_STATIC_PREFIX)
+
+
+def _count(response: Response, metrics: ServerMetrics) -> Response:
+    """Requests by route pattern (unknown paths as one label) and status code."""
+    route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+    metrics.requests.labels(route, str(response.status_code)).inc()
+    return response
+
+
 def _finish_response(response: Response, allowed_origins: tuple[str, ...]) -> Response:
     request_id = g.get("request_id", "")
     response.headers["x-request-id"] = request_id
@@ -126,7 +155,8 @@ def _finish_response(response: Response, allowed_origins: tuple[str, ...]) -> Re
         response.headers["Access-Control-Max-Age"] = "600"
         response.vary.add("Origin")
     elapsed_ms = (time.monotonic() - g.get("started", time.monotonic())) * 1000
-    level = logging.DEBUG if request.path in _OPEN_PATHS else logging.INFO  # health polls
+    polled = _is_open(request.path) or request.path == "/status"  # monitors, the status page
+    level = logging.DEBUG if polled else logging.INFO
     log.log(
         level,
         "%s %s %s %.1fms request %s",

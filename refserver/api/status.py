@@ -1,0 +1,53 @@
+"""GET / (the live status page, package data in static/) and GET /status (its JSON).
+
+The page is plain HTML, CSS and JavaScript with no build step and nothing fetched
+from elsewhere (the Macs may be offline); it polls /status, which the API key guards
+like every route but /health, /metrics and the page itself.
+"""
+
+from __future__ import annotations
+
+import time
+
+from flask import Flask, Response, jsonify
+
+from refserver.api.metrics import ServerMetrics
+from refserver.engine.interface import Engine
+
+
+def engine_status(engine: Engine) -> dict:
+    """The engine's snapshot (see engine/status.py); from its health alone when it has
+    none (before the engine is attached, or a test double without a cluster)."""
+    status = getattr(engine, "status", None)
+    snapshot = status() if status is not None else None
+    if snapshot is not None:
+        return snapshot
+    health = engine.health()
+    return {
+        "ok": health.ok,
+        "reason": health.reason,
+        "requests": {"running": 0, "waiting": 0},
+        "kv": health.kv,
+        "ranks": [],
+    }
+
+
+class StatusRoutes:
+    def __init__(self, engine: Engine, metrics: ServerMetrics, model_name: str):
+        self._engine = engine
+        self._metrics = metrics
+        self._model_name = model_name
+
+    def register(self, app: Flask) -> None:
+        app.get("/", endpoint="status_page")(lambda: app.send_static_file("status.html"))
+        app.get("/status")(self.status)
+
+    def status(self) -> Response:
+        """The snapshot, with the running totals the page turns into rates."""
+        registry = self._metrics.registry
+        totals = {
+            "generated_tokens": registry.get_sample_value("refserver_generation_tokens_total"),
+            "prompt_tokens": registry.get_sample_value("refserver_prompt_tokens_total"),
+        }
+        body = {"model": self._model_name, "time": time.monotonic()}
+        return jsonify(body | engine_status(self._engine) | totals)
