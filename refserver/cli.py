@@ -7,6 +7,7 @@ ranks run their pipeline stage as rank 0 directs.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
@@ -87,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
         "far above a prefill chunk's time on the slowest rank times the ranks (default: 120)",
     )
     add("--drain-seconds", type=float, default=30.0, help="on SIGTERM, time to finish requests")
+    add(
+        "--chat-template-args",
+        type=_template_args,
+        help="JSON object of chat template keyword arguments used by default, e.g. "
+        "'{\"enable_thinking\": false}'; a request's chat_template_kwargs (or Anthropic's "
+        "thinking) overrides them key by key",
+    )
     return parser
 
 
@@ -123,7 +131,19 @@ def make_config(args) -> ServerConfig:
         drain_seconds=args.drain_seconds,
         prefill_chunk=_chunk_policy(args.prefill_chunk),
         prefix_cache_tokens=args.prefix_cache,
+        chat_template_args=args.chat_template_args or {},
     )
+
+
+def _template_args(text: str) -> dict:
+    """--chat-template-args: a JSON object (argparse reports the error with the flag)."""
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object, got {text!r}")
+    return value
 
 
 def _size(text: str | None) -> int | None:

@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .engine.chunking import DEFAULT_PREFILL_CHUNK, ChunkPolicy
 from .split import SPLIT_VARIABLE
@@ -157,6 +158,8 @@ class ServerConfig:
     prefill_chunk: ChunkPolicy = ChunkPolicy.parse(DEFAULT_PREFILL_CHUNK)
     # Prompt tokens the prefix cache may keep (0: no prefix cache).
     prefix_cache_tokens: int = 65536
+    # Defaults of the chat template's keyword arguments (--chat-template-args).
+    chat_template_args: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def http_threads(self) -> int:

@@ -138,6 +138,7 @@ def _make_app(config: ServerConfig, slot, tokenizer, model_config):
         temperature=config.temperature,
         top_p=config.top_p,
         top_k=config.top_k,
+        chat_template_kwargs=config.chat_template_args,
     )
     return create_app(slot, tokenizer, settings)
 
