@@ -1,0 +1,121 @@
+"""The grammar of a MiniMax tool-call block: calls of offered tools with valid arguments.
+
+A block is written as the chat template shows it::
+
+    <minimax:tool_call>
+    <invoke name="get_weather">
+    <parameter name="city">Paris</parameter>
+    </invoke>
+    </minimax:tool_call>
+
+Each value is what ``tools.arguments.type_arguments`` reads back: a string parameter is
+raw text (held to its enum, const, pattern, minLength and maxLength), any other type is
+JSON valid against the parameter's schema. Parameters follow the schema's order; the
+required ones always appear, the others may be left out.
+
+A tool with ``strict: true`` must use only keywords the grammar enforces (else a
+ConstraintError names them); any other tool's unsupported keywords are left unchecked.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llguidance import regex_to_lark
+
+from refserver.constrain.lark import ConstraintError, json_value, literal
+from refserver.tools.arguments import schema_types
+from refserver.tools.minimax import TOOL_CALL_END, TOOL_CALL_START
+
+# Keywords that say nothing about a value.
+_ANNOTATIONS = frozenset(
+    ("description", "title", "default", "examples", "$comment", "deprecated", "readOnly",
+     "writeOnly", "$schema", "$id")
+)  # fmt: skip
+_STRING_KEYWORDS = _ANNOTATIONS | {"type", "enum", "const", "pattern", "minLength", "maxLength"}
+_PARAMETERS_KEYWORDS = _ANNOTATIONS | {
+    "type", "properties", "required", "additionalProperties", "$defs", "definitions"
+}  # fmt: skip
+_DEFINITIONS = ("$defs", "definitions")
+
+
+def call_rules(tools: tuple[dict[str, Any], ...], single: bool, marker) -> list[str]:
+    """Lark rules whose rule ``calls`` is one block of one (`single`) or more invokes."""
+    invokes = "invoke" if single else "invoke+"
+    lines = [
+        f'calls: {marker(TOOL_CALL_START)} "\\n" {invokes} {marker(TOOL_CALL_END)}',
+        "invoke: " + " | ".join(f"invoke_{i}" for i in range(len(tools))),
+    ]
+    for index, tool in enumerate(tools):
+        lines += _invoke_rules(f"invoke_{index}", tool["function"])
+    return lines
+
+
+def _invoke_rules(rule: str, function: dict[str, Any]) -> list[str]:
+    name, strict = function["name"], function.get("strict") is True
+    schema = function.get("parameters") or {}
+    _check_keywords(schema, _PARAMETERS_KEYWORDS, f'the parameters of tool "{name}"', strict)
+    properties = schema.get("properties") or {}
+    required = [p for p in schema.get("required") or () if isinstance(p, str)]
+    definitions = {key: schema[key] for key in _DEFINITIONS if key in schema}
+    lines, parts = [], []
+    for index, param in enumerate([*properties, *(p for p in required if p not in properties)]):
+        param_rule = f"{rule}_p{index}"
+        where = f'parameter "{param}" of tool "{name}"'
+        param_schema = properties.get(param)
+        param_schema = param_schema if isinstance(param_schema, dict) else {}
+        value, extra = _value(param_rule, {**param_schema, **definitions}, strict, where)
+        opening = literal(f'<parameter name="{param}">')
+        lines += [f'{param_rule}: {opening} {value} "\\n"', *extra]
+        parts.append(param_rule if param in required else f"{param_rule}?")
+    head, tail = literal(f'<invoke name="{name}">\n'), literal("</invoke>\n")
+    return [f"{rule}: {head} {' '.join(parts)} {tail}", *lines]
+
+
+def _value(rule: str, schema: dict[str, Any], strict: bool, where: str) -> tuple[str, list[str]]:
+    """The value of a parameter with its closing tag, and the rules it needs."""
+    types = schema_types(schema)
+    if not types or types == {"string"}:
+        return _raw_string(rule, schema, strict, where)
+    if "string" not in types:
+        return f'{json_value(schema, strict)} "</parameter>"', []
+    others = {**schema, "type": sorted(types - {"string"})}
+    string, extra = _raw_string(rule, {**schema, "type": "string"}, strict, where)
+    return f'({json_value(others, strict)} "</parameter>" | {string})', extra
+
+
+def _raw_string(
+    rule: str, schema: dict[str, Any], strict: bool, where: str
+) -> tuple[str, list[str]]:
+    """Raw text up to the first ``</parameter>``, held to the string keywords."""
+    _check_keywords(schema, _STRING_KEYWORDS | set(_DEFINITIONS), where, strict)
+    values = [*schema.get("enum", ()), *([schema["const"]] if "const" in schema else [])]
+    if values:
+        choices = " | ".join(literal(v) for v in values if isinstance(v, str))
+        return f'({choices}) "</parameter>"', []
+    token = f"{rule.upper()}_TEXT"
+    return f"{rule}_text", [
+        f'{rule}_text[lazy]: {token} "</parameter>"',
+        f"{token}: {_string_regex(schema)}",
+    ]
+
+
+def _string_regex(schema: dict[str, Any]) -> str:
+    low, high = schema.get("minLength", 0), schema.get("maxLength")
+    length = f"/(?s:.{{{low},{'' if high is None else high}}})/"
+    pattern = schema.get("pattern")
+    if not isinstance(pattern, str):
+        return length
+    # JSON Schema patterns search the text (\\d means ASCII digits); a lexeme matches it whole.
+    head = pattern[1:] if pattern.startswith("^") else "(?s:.*)" + pattern
+    body = head[:-1] if head.endswith("$") and not head.endswith("\\$") else head + "(?s:.*)"
+    regex = "/" + regex_to_lark(body, "dw") + "/"
+    return regex if "minLength" not in schema and high is None else f"{regex} & {length}"
+
+
+def _check_keywords(schema: dict[str, Any], known: set[str], where: str, strict: bool) -> None:
+    unknown = sorted(set(schema) - known)
+    if strict and unknown:
+        raise ConstraintError(
+            f"{where} uses {', '.join(unknown)}, which constrained decoding cannot enforce"
+        )
