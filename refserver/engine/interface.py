@@ -10,6 +10,26 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+import numpy as np
+
+
+class TokenMatcher(Protocol):
+    """One sequence's place in a grammar (see refserver.constrain)."""
+
+    def advance(self, token: int) -> None:
+        """Move past a sampled token; raises when the grammar refuses it."""
+        ...
+
+    def allowed(self) -> np.ndarray:
+        """One bool per tokenizer token: may it come next."""
+        ...
+
+
+class Constraint(Protocol):
+    """A compiled grammar the output must follow; each sequence starts its own matcher."""
+
+    def start(self) -> TokenMatcher: ...
+
 
 class EngineError(Exception):
     """Base class of errors the engine raises to the API."""
@@ -46,6 +66,8 @@ class SamplingParams:
     seed: int | None = None
     logprobs: bool = False
     top_logprobs: int = 0
+    # Only tokens the grammar allows are sampled (response_format, forced tool calls).
+    constraint: Constraint | None = None
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,12 @@ mlx_lm.generate_step does, so greedy output matches single-process mlx_lm.
 Penalties and filters reuse mlx_lm.sample_utils; each seeded sequence draws
 from its own PRNG key, so a seed reproduces regardless of batch neighbours.
 
+A constrained row (see refserver.constrain) samples only what its grammar allows: the
+mask is applied to its logits after the penalties. Its matcher moves on as each token is
+read, and computes the next mask then, while the pipeline computes the next step. A step
+decoded ahead on one rank is sampled before the last token was read: its mask then waits
+for that token, while the step's forward pass computes.
+
 A row whose own sampling raises fails that sequence alone (`RowFailure`): the batch
 still gets a token for it, so every rank's step stays the same, and rank 0 drops
 the row with the next item. Only a failure of the whole step is the cluster's.
@@ -15,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import mlx.core as mx
+import numpy as np
 from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p, make_logits_processors
 
 from .interface import SamplingParams, TokenEvent
@@ -53,16 +60,25 @@ class SequenceSampler:
         # stays lazy: a step decoded ahead is sampled before the last token is read.
         self.history = mx.array(prompt_tokens[-HISTORY:], dtype=mx.int32)
         self.key = None if params.seed is None else mx.random.key(params.seed % SEED_MODULUS)
+        self.matcher = None if params.constraint is None else params.constraint.start()
+        # Sampled tokens the matcher has not read yet (lazy while a step runs ahead).
+        self.unmatched: list[mx.array] = []
 
     @property
     def is_plain_greedy(self) -> bool:
-        return self.params.temperature == 0 and not self.processors
+        return self.params.temperature == 0 and not self.processors and self.matcher is None
+
+    @property
+    def waits_for_tokens(self) -> bool:
+        return bool(self.unmatched)
 
     def choose(self, logprobs_row: mx.array, logits_row: mx.array) -> mx.array:
         """A lazy token for one row (logprobs_row: (1, vocab))."""
-        if self.processors:
+        if self.processors or self.matcher is not None:
             for processor in self.processors:
                 logits_row = processor(self.history, logits_row)
+            if self.matcher is not None:
+                logits_row = self._masked(logits_row)
             logprobs_row = logits_row - mx.logsumexp(logits_row, axis=-1, keepdims=True)
         if self.params.temperature == 0:
             return mx.argmax(logprobs_row, axis=-1), logprobs_row
@@ -83,6 +99,33 @@ class SequenceSampler:
         """Add this step's (lazy, shape (1,)) token to the context."""
         if self.processors:
             self.history = mx.concatenate([self.history, token.astype(mx.int32)])[-HISTORY:]
+        if self.matcher is not None:
+            self.unmatched.append(token)
+
+    def read(self, token: mx.array) -> None:
+        """`token` (one `extend` was given) is computed: move the matcher past it and the
+        tokens before it, then compute the next mask if it depends on no lazy token."""
+        if self.matcher is None or not any(t is token for t in self.unmatched):
+            return  # unconstrained, or already read when the next step was sampled
+        self._catch_up(through=token)
+        if not self.unmatched:
+            self.matcher.allowed()
+
+    def _catch_up(self, through: mx.array | None = None) -> None:
+        while self.unmatched:
+            token = self.unmatched.pop(0)
+            self.matcher.advance(token.item())
+            if token is through:
+                return
+
+    def _masked(self, logits_row: mx.array) -> mx.array:
+        """Logits with every token the grammar does not allow next at -inf."""
+        self._catch_up()
+        allowed = self.matcher.allowed()
+        width = logits_row.shape[-1]  # the model's; may differ from the tokenizer's
+        mask = np.zeros(width, dtype=bool)
+        mask[: min(width, allowed.size)] = allowed[:width]
+        return mx.where(mx.array(mask), logits_row, -mx.inf)
 
 
 class Draw:
@@ -102,9 +145,11 @@ class Draw:
         self.wanted = [
             i for i, s in enumerate(samplers) if s.params.logprobs and i not in self.failures
         ]
+        self.row_tokens: dict[int, mx.array] = {}
         for i, sampler in enumerate(samplers):
             if i not in self.failures:
-                sampler.extend(tokens[i : i + 1])
+                self.row_tokens[i] = tokens[i : i + 1]
+                sampler.extend(self.row_tokens[i])
         mx.async_eval(tokens, [row_logprobs[i] for i in self.wanted])
 
     def events(self) -> list[TokenEvent | RowFailure]:
@@ -115,9 +160,10 @@ class Draw:
     def _event(self, row: int, token: int) -> TokenEvent | RowFailure:
         if row in self.failures:
             return self.failures[row]
-        if row not in self.wanted:
-            return TokenEvent(token)
         try:
+            self.samplers[row].read(self.row_tokens[row])
+            if row not in self.wanted:
+                return TokenEvent(token)
             top = self.samplers[row].params.top_logprobs
             return _with_logprobs(token, self.row_logprobs[row][0], top)
         except Exception as exc:  # this request's own settings; the others go on
@@ -131,6 +177,8 @@ def draw(logits: mx.array, samplers: list[SequenceSampler]) -> Draw:
         tokens = mx.argmax(logprobs, axis=-1)
         row_logprobs = [logprobs[i : i + 1] for i in range(len(samplers))]
         return Draw(tokens, row_logprobs, samplers)
+    if any(s.waits_for_tokens for s in samplers):
+        mx.async_eval(logits)  # the forward pass runs while masks wait for the last tokens
     chosen, row_logprobs, failures = [], [], {}
     for i, sampler in enumerate(samplers):
         row = logprobs[i : i + 1]
