@@ -3,7 +3,7 @@
 The mapping gives the same internal request as an OpenAI chat: messages in OpenAI form
 (tool results become "tool" messages, tool_use blocks become "tool_calls", thinking
 blocks become "reasoning_content"), tools in OpenAI function form, tool_choice in
-OpenAI form, sampling fields as ``SamplingFields``.
+OpenAI form, sampling and tool fields as ``ToolFields``.
 
 Image and document blocks are replaced by a short text saying they were left out (the
 model reads text only), so an agent conversation that once read an image goes on.
@@ -17,8 +17,8 @@ from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from refserver.api.schemas import (
     Count,
-    SamplingFields,
     StrictModel,
+    ToolFields,
     check_stop_strings,
 )
 
@@ -178,6 +178,7 @@ class Tool(StrictModel):
     description: str | None = None
     input_schema: dict[str, Any] | None = None
     type: str | None = None
+    strict: bool | None = None
 
     @model_validator(mode="after")
     def _client_tool(self) -> Tool:
@@ -191,6 +192,8 @@ class Tool(StrictModel):
         function = {"name": self.name, "parameters": self.input_schema}
         if self.description is not None:
             function["description"] = self.description
+        if self.strict is not None:
+            function["strict"] = self.strict
         return {"type": "function", "function": function}
 
 
@@ -275,8 +278,11 @@ class MessagesRequest(CountTokensRequest):
         check_stop_strings(stops or [])
         return stops
 
-    def sampling(self) -> SamplingFields:
-        """The sampling fields of the engine request, as an OpenAI request has them."""
+    def sampling(self) -> ToolFields:
+        """The sampling and tool fields of the engine request, as an OpenAI request has
+        them (the tools decide what constrained decoding enforces)."""
         fields = {"max_tokens": self.max_tokens, "stop": self.stop_sequences}
         fields |= {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k}
-        return SamplingFields.model_validate(fields)
+        fields |= {"tools": self.template_tools(), "tool_choice": self.openai_tool_choice()}
+        fields |= {"parallel_tool_calls": self.parallel_tool_calls}
+        return ToolFields.model_validate(fields)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 from refserver.api.errors import ApiError, invalid_request
+from refserver.api.output_constraint import output_constraint
 from refserver.api.prompting import Prompt, Vocabulary
 from refserver.api.schemas import SamplingFields
 from refserver.api.settings import ApiSettings
@@ -23,18 +25,21 @@ def engine_request(
     vocab: Vocabulary,
     top_logprobs: int | None,
 ) -> GenerationRequest:
-    """The engine request; 400 when the limits or the vocabulary say no.
+    """The engine request; 400 when the limits, the vocabulary or the reply's
+    constraint (response_format, forced tool calls) say no.
 
     prompt_param names the request field of the prompt ("messages" or "prompt").
     top_logprobs None means no logprobs were asked for.
     """
     max_tokens = completion_budget(body, len(prompt.token_ids), settings, prompt_param)
     timeout = settings.request_timeout_seconds
+    sampling = sampling_params(body, settings, vocab, top_logprobs)
+    constraint = output_constraint(body, prompt, vocab, max_tokens)
     return GenerationRequest(
         id=request_id,
         prompt_tokens=prompt.token_ids,
         max_tokens=max_tokens,
-        sampling=sampling_params(body, settings, vocab, top_logprobs),
+        sampling=replace(sampling, constraint=constraint),
         deadline=None if timeout is None else time.monotonic() + timeout,
     )
 

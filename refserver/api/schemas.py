@@ -78,15 +78,39 @@ class StreamOptions(StrictModel):
     include_usage: bool | None = None
 
 
-class ResponseFormat(StrictModel):
-    """Accepted: "text"; "json_object" and "json_schema" are accepted but NOT enforced.
+class JsonSchemaFormat(StrictModel):
+    """OpenAI's ``json_schema`` object: the schema the reply must match. With strict,
+    keywords constrained decoding cannot enforce are a 400 instead of unchecked."""
 
-    The model is not constrained to produce JSON: clients that send these get ordinary
-    sampling, so they should also ask for JSON in the prompt and validate the reply.
-    """
+    model_config = ConfigDict(populate_by_name=True)
+
+    name: str | None = Field(None, max_length=256)
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(StrictModel):
+    """ "text", or a reply enforced by constrained decoding: "json_object" (one JSON
+    object) or "json_schema" (JSON valid against ``json_schema.schema``)."""
 
     type: Literal["text", "json_object", "json_schema"]
-    json_schema: dict[str, Any] | None = None
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError('a response_format of type "json_schema" needs a "json_schema" object')
+        return self
+
+    @property
+    def answer_schema(self) -> dict[str, Any] | None:
+        """The JSON schema the answer must match, or None for free text."""
+        if self.type == "json_object":
+            return {"type": "object"}
+        if self.type == "json_schema":
+            return self.json_schema.schema_ or {}
+        return None
 
 
 class SamplingFields(StrictModel):
@@ -269,13 +293,26 @@ class NamedToolChoice(StrictModel):
     function: dict[str, str]
 
 
-class ChatCompletionRequest(SamplingFields):
-    messages: list[Message] = Field(min_length=1)
-    logprobs: bool | None = None
-    top_logprobs: int | None = Field(None, ge=0, le=20)
+class ToolFields(SamplingFields):
+    """Sampling fields with the tools a reply may call and how (see tools.choice)."""
+
     tools: list[Tool] | None = Field(None, max_length=1024)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
+
+    def template_tools(self) -> list[dict[str, Any]]:
+        return [tool.to_template() for tool in self.tools or []]
+
+    def choice(self) -> Any:
+        """tool_choice as plan_tools takes it."""
+        choice = self.tool_choice
+        return choice if choice is None or isinstance(choice, str) else choice.model_dump()
+
+
+class ChatCompletionRequest(ToolFields):
+    messages: list[Message] = Field(min_length=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
     chat_template_kwargs: dict[str, Any] | None = None
 
     @field_validator("top_logprobs")

@@ -1,10 +1,10 @@
-"""Honour ``tool_choice`` and ``parallel_tool_calls`` as far as a free-running model allows.
+"""Plan ``tool_choice`` and ``parallel_tool_calls``: the tools to render, and the calls to force.
 
-The engine samples freely: it cannot force a tool call. So "required" and a named function
-are honoured by offering only the allowed tools and adding a system-prompt hint; the model
-may still answer in plain text. "none" is enforced fully: no tools are rendered and tool
-calls are not parsed. ``parallel_tool_calls=False`` adds a hint only; every call the model
-makes is still returned.
+"none" renders no tools and parses no calls. "required" and a named function render the
+allowed tools with a system-prompt hint, and set ``must_call``: constrained decoding (see
+refserver.constrain) then makes the reply one call of an allowed tool with arguments valid
+against its schema. ``parallel_tool_calls=False`` adds a hint and sets ``single_call``: a
+forced or constrained reply holds exactly one call.
 """
 
 from __future__ import annotations
@@ -24,11 +24,20 @@ class ToolPlan:
     tools: the tools to render (empty: render none).
     parse_tool_calls: pass to ``OutputParser``.
     system_hint: a sentence to append to the system prompt, or None.
+    must_call: the reply must be a call of one of ``tools``.
+    single_call: a call block holds one invoke.
     """
 
     tools: list[dict]
     parse_tool_calls: bool
     system_hint: str | None = None
+    must_call: bool = False
+    single_call: bool = False
+
+    @property
+    def has_strict_tool(self) -> bool:
+        """Some tool asks for schema-valid arguments whenever it is called."""
+        return any((tool.get("function") or {}).get("strict") is True for tool in self.tools)
 
 
 def plan_tools(
@@ -53,7 +62,8 @@ def plan_tools(
         hint = f"You must call the tool `{name}`."
     if not parallel_tool_calls:
         hint = " ".join(filter(None, [hint, "Call at most one tool per reply."]))
-    return ToolPlan(offered, parse_tool_calls=True, system_hint=hint)
+    must_call = choice != "auto"
+    return ToolPlan(offered, True, hint, must_call, single_call=not parallel_tool_calls)
 
 
 def _chosen_name(choice: Any) -> str:
