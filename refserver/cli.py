@@ -27,6 +27,8 @@ REFSERVER_API_KEY adds comma-separated API keys to --api-key;
 REFSERVER_CLUSTER_TOKEN (the same on every rank) makes rank 0 refuse control
 connections without it; REFSERVER_CONTROL_PORT sets --control-port.
 
+`refserver plan --help`: choose MINIMAX_PIPELINE_SPLIT from each host's memory.
+
 exit status: 0 after a drain (SIGTERM, SIGINT, SIGHUP); non-zero when start-up failed
 or a rank was lost (the log, whose lines carry "rank N", says why)."""
 
@@ -163,6 +165,11 @@ def _chunk_policy(text: str) -> ChunkPolicy:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["plan"]:  # a tool of its own, not a rank: see plan_command.py
+        from .plan_command import main as plan
+
+        return plan(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         config = make_config(args)
