@@ -1,0 +1,160 @@
+"""Constrained decoding without ranks: grammars, matchers and rank 0's sampler, driven by
+random logits on the tiny tokenizer (a random model never writes valid JSON by chance)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import jsonschema
+import mlx.core as mx
+import numpy as np
+import pytest
+from transformers import AutoTokenizer
+
+from refserver.constrain import ConstraintError, Reply, compile_constraint
+from refserver.engine.interface import SamplingParams
+from refserver.engine.sampling import SequenceSampler, draw
+from refserver.tools import parse_output
+from simcluster.tokenizer import save_tokenizer, train_tokenizer
+
+VOCAB = 512
+EOS = 2
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 8},
+        "tags": {"type": "array", "items": {"enum": ["x", "y"]}, "maxItems": 3},
+        "size": {"type": "integer", "minimum": 1, "maximum": 9},
+    },
+    "required": ["name", "size"],
+    "additionalProperties": False,
+}
+TOOL = {
+    "type": "function",
+    "function": {
+        "name": "move",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "to": {"type": "string", "pattern": "^[A-H][1-8]$"},
+                "steps": {"type": "integer", "minimum": 1, "maximum": 3},
+            },
+            "required": ["to"],
+        },
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("tok")
+    save_tokenizer(train_tokenizer(VOCAB), directory, 4096)
+    return AutoTokenizer.from_pretrained(str(directory))
+
+
+def _generate(tokenizer, reply: Reply, seed: int, limit: int = 400) -> str:
+    """Greedy over random logits, masked by the grammar, up to the end-of-sequence token."""
+    return tokenizer.decode(_tokens(tokenizer, reply, seed, limit))
+
+
+def _tokens(tokenizer, reply: Reply, seed: int, limit: int) -> list[int]:
+    matcher = compile_constraint(reply, tokenizer, [EOS]).start()
+    rng, tokens = np.random.default_rng(seed), []
+    for _ in range(limit):
+        allowed = np.flatnonzero(matcher.allowed())
+        token = int(allowed[np.argmax(rng.normal(size=VOCAB)[allowed])])
+        if token == EOS:
+            return tokens
+        matcher.advance(token)
+        tokens.append(token)
+    raise AssertionError(f"no end within {limit} tokens: {tokenizer.decode(tokens)!r}")
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_json_schema_answers_validate(tokenizer, seed):
+    text = _generate(tokenizer, Reply(json_schema=SCHEMA, strict_json=True), seed)
+    jsonschema.validate(json.loads(text), SCHEMA)
+
+
+def test_thinking_is_closed_within_its_budget(tokenizer):
+    reply = Reply(json_schema=SCHEMA, thinks_first=True, thinking_budget=5)
+    tokens = _tokens(tokenizer, reply, 0, 400)
+    assert tokens.index(tokenizer.convert_tokens_to_ids("</think>")) <= 5
+    parsed = parse_output(
+        tokenizer.decode(tokens), parse_tool_calls=False, starts_in_reasoning=True
+    )
+    jsonschema.validate(json.loads(parsed.content), SCHEMA)
+
+
+@pytest.mark.parametrize("thinks_first", [False, True])
+def test_a_forced_single_call_is_one_valid_call(tokenizer, thinks_first):
+    reply = Reply(
+        tools=(TOOL,),
+        must_call=True,
+        single_call=True,
+        thinks_first=thinks_first,
+        thinking_budget=20,
+    )
+    text = _generate(tokenizer, reply, 1)
+    parsed = parse_output(text, [TOOL], parse_tool_calls=True, starts_in_reasoning=thinks_first)
+    (call,) = parsed.tool_calls
+    assert call.name == "move" and not parsed.content
+    jsonschema.validate(json.loads(call.arguments), TOOL["function"]["parameters"])
+
+
+def test_strict_refuses_what_it_cannot_enforce(tokenizer):
+    unique = {"type": "array", "uniqueItems": True}
+    with pytest.raises(ConstraintError, match="uniqueItems"):
+        compile_constraint(Reply(json_schema=unique, strict_json=True), tokenizer, [EOS])
+    compile_constraint(Reply(json_schema=unique), tokenizer, [EOS])  # not strict: unchecked
+    dated = {"type": "object", "properties": {"day": {"type": "string", "format": "date"}}}
+    strict_tool = {
+        "type": "function",
+        "function": {"name": "d", "parameters": dated, "strict": True},
+    }
+    with pytest.raises(ConstraintError, match='format.*|parameter "day"'):
+        compile_constraint(Reply(tools=(strict_tool,), must_call=True), tokenizer, [EOS])
+
+
+def test_a_grammar_too_big_to_compile_fails_fast(tokenizer):
+    properties = {
+        f"p{i}": {"type": "integer", "minimum": i, "maximum": 10**12} for i in range(3000)
+    }
+    began = time.monotonic()
+    with pytest.raises(ConstraintError, match="too big"):
+        compile_constraint(Reply(json_schema={"properties": properties}), tokenizer, [EOS])
+    assert time.monotonic() - began < 5
+
+
+def _sampler(tokenizer, constrained: bool) -> SequenceSampler:
+    reply = Reply(json_schema=SCHEMA)
+    constraint = compile_constraint(reply, tokenizer, [EOS]) if constrained else None
+    return SequenceSampler(SamplingParams(constraint=constraint), [1, 2, 3])
+
+
+def test_rows_of_one_batch_carry_their_own_constraint(tokenizer):
+    free, bound = _sampler(tokenizer, False), _sampler(tokenizer, True)
+    logits = mx.random.normal((2, VOCAB), key=mx.random.key(0))
+    events = draw(logits, [free, bound]).events()
+    assert events[0].token_id == int(mx.argmax(logits[0]).item())  # greedy as unconstrained
+    assert bound.matcher.allowed().sum() < VOCAB  # its mask moved on past its token
+    _fresh_matcher(tokenizer).advance(events[1].token_id)
+
+
+def test_a_step_sampled_ahead_waits_for_the_last_token(tokenizer):
+    """As one rank decodes: step n+1 is sampled before step n's tokens are read."""
+    sampler = _sampler(tokenizer, True)
+    keys = mx.random.split(mx.random.key(1), 6)
+    draws = [draw(mx.random.normal((1, VOCAB), key=keys[0]), [sampler])]
+    for key in keys[1:]:
+        draws.append(draw(mx.random.normal((1, VOCAB), key=key), [sampler]))
+        draws[-2].events()
+    tokens = [d.events()[0].token_id for d in draws]
+    replay = _fresh_matcher(tokenizer)
+    for token in tokens:  # the grammar allows the tokens in order: each was read once
+        replay.advance(token)
+
+
+def _fresh_matcher(tokenizer):
+    return compile_constraint(Reply(json_schema=SCHEMA), tokenizer, [EOS]).start()
