@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .footprint import Footprint
+from .sizes import format_size
 from .split import SPLIT_VARIABLE
 
 # Left to macOS and other processes by default: macOS wires about 75% of a large
@@ -185,11 +186,3 @@ def _shortfall(cluster: _Cluster) -> str:
         f"{size(worst.usable_bytes)} of its {size(worst.host.memory_bytes)}. Add memory or "
         "hosts, or ask for less KV room (--context, --concurrency) or --headroom"
     )
-
-
-def format_size(size: int) -> str:
-    """Bytes in GB, MB or KB, as sizes are given (--memory 192GB)."""
-    for unit, scale in (("GB", 1e9), ("MB", 1e6)):
-        if abs(size) >= scale:
-            return f"{size / scale:.1f} {unit}"
-    return f"{size / 1e3:.1f} KB"

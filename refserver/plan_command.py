@@ -10,7 +10,8 @@ from pathlib import Path
 
 from .engine.kv_budget import parse_size
 from .footprint import Footprint, FootprintError, read_footprint
-from .plan import DEFAULT_HEADROOM, Host, Plan, PlanError, format_size, plan_split
+from .plan import DEFAULT_HEADROOM, Host, Plan, PlanError, plan_split
+from .sizes import format_size
 from .split import SPLIT_VARIABLE
 
 DESCRIPTION = """\
