@@ -23,6 +23,7 @@ from .config import ClusterConfig
 from .control import Channel, ControlError, Hello
 from .engine.kv_budget import RankKv, derive_budget
 from .fingerprint import cluster_facts, compare_facts
+from .load_progress import LoadProgress, StartupBoard, reporting
 from .pipeline import PipelineStage, load_stage
 from .split import PipelineSplit, SplitError
 
@@ -50,6 +51,8 @@ class Cluster:
     # Rank 0: a channel per peer rank. Other ranks: {0: channel to rank 0}.
     channels: dict[int, Channel] = field(default_factory=dict)
     kv: RankKv | None = None  # this rank's KV budget
+    # Rank 0: every rank's loading progress, and each peer's first message after it.
+    startup: StartupBoard | None = None
 
     @property
     def rank(self) -> int:
@@ -60,8 +63,11 @@ class Cluster:
         return self.config.world_size
 
 
-def start(config: ClusterConfig) -> Cluster:
-    """Bring this rank up; raise StartupError with an actionable message on failure."""
+def start(config: ClusterConfig, startup: StartupBoard | None = None) -> Cluster:
+    """Bring this rank up; raise StartupError with an actionable message on failure.
+
+    `startup` (rank 0) receives every rank's loading progress as it comes.
+    """
     try:
         model_path, model_config, split = _resolve(config)
         weight_files = _ensure_weights(config.model, model_path, split.layer_range(config.rank))
@@ -75,8 +81,18 @@ def start(config: ClusterConfig) -> Cluster:
         channels = _handshake(config, facts)
         group = _init_ring(config)
     log.info("loading layers %s", _describe(split, config.rank))
+    progress, send = LoadProgress(config.rank), None
+    if config.rank == 0:
+        startup = startup or StartupBoard()
+        startup.track(progress)
+        for rank, channel in channels.items():
+            startup.watch(rank, channel, config.load_timeout)
+    elif channels:
+        send = channels[0].send  # rank 0 shows every rank's progress
     try:
-        stage, _ = load_stage(model_path, config.rank, split, group, strict=weight_files is None)
+        with reporting(progress, send):
+            strict = weight_files is None
+            stage, _ = load_stage(model_path, config.rank, split, group, strict, progress)
     except Exception as exc:
         error = f"rank {config.rank} could not load the model: {type(exc).__name__}: {exc}"
         kind = "failed" if config.rank else "shutdown"
@@ -87,7 +103,7 @@ def start(config: ClusterConfig) -> Cluster:
                 pass
         raise StartupError(error) from exc
     kv = _kv_budget(config, stage)
-    return Cluster(config, split, model_path, model_config, stage, group, channels, kv)
+    return Cluster(config, split, model_path, model_config, stage, group, channels, kv, startup)
 
 
 def _kv_budget(config: ClusterConfig, stage) -> RankKv:

@@ -18,6 +18,7 @@ from mlx_lm.models.base import create_attention_mask
 from mlx_lm.models.cache import KVCache
 from mlx_lm.utils import load_model
 
+from .load_progress import LoadProgress
 from .split import PipelineSplit
 
 log = logging.getLogger(__name__)
@@ -114,17 +115,30 @@ def _flatten(tree, prefix=""):
 
 
 def load_stage(
-    model_path: Path, rank: int, split: PipelineSplit, group=None, strict: bool = True
+    model_path: Path,
+    rank: int,
+    split: PipelineSplit,
+    group=None,
+    strict: bool = True,
+    progress: LoadProgress | None = None,
 ) -> tuple[PipelineStage, dict]:
     """Build the stage for `rank` and read only its own weights from disk.
 
     mlx_lm's loader maps the safetensors lazily; the arrays of other ranks' layers
-    are dropped before anything is evaluated, so they are never read.
+    are dropped before anything is evaluated, so they are never read. The stage is
+    read a layer at a time, counted in `progress`.
     """
     model, config = load_model(Path(model_path), lazy=True, strict=strict)
     stage = PipelineStage(model, rank, split, group)
     del model
-    mx.eval(stage.parameters())
+    progress = progress or LoadProgress(rank)
+    progress.begin(len(stage.layers), stage.parameter_bytes())  # sizes of lazy arrays
+    tree = stage.parameters()
+    for layer in tree.pop("layers"):
+        mx.eval(layer)
+        progress.advance(sum(a.nbytes for _, a in _flatten(layer)))
+    mx.eval(tree)  # the embedding or the norm and head
+    progress.advance(sum(a.nbytes for _, a in _flatten(tree)), layers=0)
     log.info(
         "loaded layers %d-%d%s%s: %.1f MB",
         stage.layer_range.start,

@@ -11,15 +11,19 @@ from .config import ServerConfig
 from .control import ControlError
 from .engine.follower import run_follower
 from .engine.interface import Health, NotReadyError
+from .engine.status import health_status
+from .load_progress import StartupBoard
 
 log = logging.getLogger("refserver")
 
 
 class EngineSlot:
-    """The API's engine before and after loading: 503 "loading" until attached."""
+    """The API's engine before and after loading: 503 "loading" until attached, with
+    every rank's loading progress."""
 
     def __init__(self):
         self.engine = None
+        self.startup = StartupBoard()
 
     def attach(self, engine) -> None:
         self.engine = engine
@@ -38,9 +42,13 @@ class EngineSlot:
             return Health(False, "loading")
         return self.engine.health()
 
-    def status(self) -> dict | None:
-        """The engine's snapshot for /metrics and the status page (None before it exists)."""
-        return None if self.engine is None else self.engine.status()
+    def status(self) -> dict:
+        """The engine's snapshot for /metrics and the status page (see engine/status.py)."""
+        health = self.health()
+        status = health_status(health) if self.engine is None else self.engine.status()
+        if health.reason == "loading":
+            status["loading"] = self.startup.ranks()
+        return status
 
 
 def run_rank(config: ServerConfig) -> int:
@@ -99,7 +107,7 @@ def _serve(config, slot, server, tokenizer, model_config) -> int:
     from .engine.leader import PipelineEngine
 
     try:
-        cluster = cluster_start.start(config.cluster)
+        cluster = cluster_start.start(config.cluster, slot.startup)
     except cluster_start.StartupError as exc:
         log.error("%s", exc)
         return 2

@@ -30,6 +30,7 @@ from refserver.api.settings import ApiSettings
 from refserver.api.status import StatusRoutes, engine_status
 from refserver.api.submit import Submitter
 from refserver.engine.interface import Engine
+from refserver.load_progress import describe
 
 log = logging.getLogger(__name__)
 
@@ -94,11 +95,24 @@ def _is_anthropic_route() -> bool:
 def _health(engine: Engine) -> Response:
     health = engine.health()
     if not health.ok:
-        raise ApiError(503, health.reason or "the engine is not ready", code="not_ready")
+        return _not_ready(health.reason, engine_status(engine).get("loading"))
     body = {"status": "ok", "ranks": health.ranks}
     if health.kv is not None:
         body["kv"] = health.kv
     return jsonify(body)
+
+
+def _not_ready(reason: str, loading: list[dict] | None) -> Response:
+    """503, with how far each rank has come while the cluster loads."""
+    message = reason or "the engine is not ready"
+    if loading:
+        message += ": " + "; ".join(f"rank {r['rank']}: {describe(r)}" for r in loading)
+    body = ApiError(503, message, code="not_ready").body()
+    if loading:
+        body["loading"] = loading
+    response = jsonify(body)
+    response.status_code = 503
+    return response
 
 
 def _metrics(metrics: ServerMetrics) -> Response:

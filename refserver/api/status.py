@@ -13,23 +13,14 @@ from flask import Flask, Response, jsonify
 
 from refserver.api.metrics import ServerMetrics
 from refserver.engine.interface import Engine
+from refserver.engine.status import health_status
 
 
 def engine_status(engine: Engine) -> dict:
     """The engine's snapshot (see engine/status.py); from its health alone when it has
-    none (before the engine is attached, or a test double without a cluster)."""
+    none (a test double without a cluster)."""
     status = getattr(engine, "status", None)
-    snapshot = status() if status is not None else None
-    if snapshot is not None:
-        return snapshot
-    health = engine.health()
-    return {
-        "ok": health.ok,
-        "reason": health.reason,
-        "requests": {"running": 0, "waiting": 0},
-        "kv": health.kv,
-        "ranks": [],
-    }
+    return status() if status is not None else health_status(engine.health())
 
 
 class StatusRoutes:

@@ -204,8 +204,8 @@ class PipelineEngine:
     # -- the loop ------------------------------------------------------------
     def wait_for_ranks(self) -> None:
         """Every rank has loaded its stage; then start them, watch them, turn healthy."""
-        for rank, channel in self.peers.items():
-            message = channel.recv(timeout=self.cluster.config.load_timeout)
+        for rank in self.peers:
+            message = self.cluster.startup.first_message(rank)  # after its progress reports
             if message.get("type") != "ready":
                 error = message.get("error", f"rank {rank} sent {message.get('type')!r}")
                 self._tell_peers({"type": "shutdown", "error": error})

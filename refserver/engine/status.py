@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .interface import Health
 from .rank_stats import own_stats
 
 if TYPE_CHECKING:
@@ -28,6 +29,17 @@ def cluster_status(engine: PipelineEngine) -> dict:
         },
         "kv": kv,
         "ranks": [_rank(engine, rank, kv) for rank in range(engine.cluster.world_size)],
+    }
+
+
+def health_status(health: Health) -> dict:
+    """The snapshot of an engine with no cluster to read yet: its health alone."""
+    return {
+        "ok": health.ok,
+        "reason": health.reason,
+        "requests": {"running": 0, "waiting": 0},
+        "kv": health.kv,
+        "ranks": [],
     }
 
 

@@ -46,8 +46,17 @@ function render(status) {
   $("kv").textContent = status.kv
     ? `${status.kv.used_tokens} of ${status.kv.capacity_tokens} tokens`
     : "–";
+  $("loading").replaceChildren(...(status.loading || []).map(loadingItem));
   const before = new Map((previous ? previous.ranks : []).map((rank) => [rank.rank, rank]));
   $("ranks").tBodies[0].replaceChildren(...status.ranks.map((rank) => row(rank, before.get(rank.rank))));
+}
+
+function loadingItem(rank) {
+  const li = document.createElement("li");
+  const left = rank.seconds_left == null ? "" : `, about ${Math.round(rank.seconds_left)} s left`;
+  li.textContent = `rank ${rank.rank}: loaded ${rank.layers_done} of ${rank.layers_total} ` +
+    `layers, ${bytes(rank.bytes_done)} of ${bytes(rank.bytes_total)}${left}`;
+  return li;
 }
 
 function tokensPerSecond(status) {
