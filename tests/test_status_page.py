@@ -13,11 +13,13 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 
 import pytest
 from rank_helpers import long_body, open_stream, wait_until
+from test_load_progress import SLOW_LOAD
 
 from simcluster.serve import ServerCluster
 
@@ -168,3 +170,29 @@ def test_asks_for_the_api_key_and_uses_it(tiny_model, page_of):
         page.type_into("#api-key", "page-secret", submit="#auth-form")
         assert wait_until(lambda: page.text("#health") == "healthy", timeout=10)
         assert "rank 0" in page.text("#ranks tbody")
+
+
+def test_shows_each_rank_loading_while_the_cluster_starts(tiny_model, tmp_path, page_of):
+    script = tmp_path / "slow_load.py"
+    script.write_text(SLOW_LOAD)
+
+    def slowly(rank, command):
+        return [sys.executable, str(script), *command[3:]]  # command: python -m refserver ...
+
+    cluster = ServerCluster(2, tiny_model, rank_command=slowly)
+    cluster.ranks.start()
+    try:
+        assert wait_until(lambda: cluster.health()[0] == 503, timeout=30)
+        page = page_of(cluster.root_url + "/")
+
+        def both_loading() -> bool:
+            text = page.text("#loading") or ""
+            return "rank 0: loaded" in text and "rank 1: loaded" in text and "of 2 layers" in text
+
+        assert wait_until(both_loading, timeout=30)
+        assert page.text("#health") == "loading"
+        cluster.wait_healthy(timeout=60)
+        assert wait_until(lambda: page.text("#health") == "healthy", timeout=10)
+        assert page.text("#loading") == ""
+    finally:
+        cluster.ranks.stop()
