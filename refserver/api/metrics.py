@@ -91,14 +91,30 @@ class ClusterCollector(Collector):
         if status is None:
             return
         requests = status["requests"]
-        yield _gauge("refserver_num_requests_running", "Sequences decoding", requests["running"])
-        yield _gauge("refserver_num_requests_waiting", "Sequences queued", requests["waiting"])
+        yield _gauge(
+            "refserver_num_requests_running",
+            "Sequences being prefilled or decoded",
+            requests["running"],
+        )
+        yield _gauge(
+            "refserver_num_requests_waiting", "Sequences queued for admission", requests["waiting"]
+        )
         kv = status.get("kv")
         if kv is not None:
-            yield _gauge("refserver_kv_capacity_tokens", "KV tokens", kv["capacity_tokens"])
-            yield _gauge("refserver_kv_used_tokens", "KV tokens reserved", kv["used_tokens"])
             yield _gauge(
-                "refserver_prefix_cache_tokens", "Cached prefix tokens", kv["cached_prefix_tokens"]
+                "refserver_kv_capacity_tokens",
+                "Tokens of KV the cluster holds (its tightest rank's budget)",
+                kv["capacity_tokens"],
+            )
+            yield _gauge(
+                "refserver_kv_used_tokens",
+                "Tokens of KV reserved by running sequences and cached prefixes",
+                kv["used_tokens"],
+            )
+            yield _gauge(
+                "refserver_prefix_cache_tokens",
+                "Tokens of KV kept for reuse by later prompts",
+                kv["cached_prefix_tokens"],
             )
         yield from _per_rank(status["ranks"])
 

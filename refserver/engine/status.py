@@ -24,7 +24,8 @@ def cluster_status(engine: PipelineEngine) -> dict:
         "ok": health.ok,
         "reason": health.reason,
         "requests": {
-            "running": scheduler.running(),
+            # Admitted: decoding, or being prefilled (one prompt at a time).
+            "running": scheduler.running() + (scheduler.prefilling is not None),
             "waiting": len(scheduler.waiting),
         },
         "kv": kv,
