@@ -79,6 +79,18 @@ class ServerMetrics:
         """The Prometheus text format of every metric."""
         return generate_latest(self.registry)
 
+    def totals(self) -> dict[str, float]:
+        """Prompt and generated tokens so far (the status page turns them into rates)."""
+        return {
+            "generated_tokens": _total(self.generation_tokens),
+            "prompt_tokens": _total(self.prompt_tokens),
+        }
+
+
+def _total(counter: Counter) -> float:
+    (family,) = counter.collect()
+    return next(sample.value for sample in family.samples if sample.name.endswith("_total"))
+
 
 class ClusterCollector(Collector):
     """Gauges read from the engine's status snapshot at scrape time."""

@@ -35,10 +35,5 @@ class StatusRoutes:
 
     def status(self) -> Response:
         """The snapshot, with the running totals the page turns into rates."""
-        registry = self._metrics.registry
-        totals = {
-            "generated_tokens": registry.get_sample_value("refserver_generation_tokens_total"),
-            "prompt_tokens": registry.get_sample_value("refserver_prompt_tokens_total"),
-        }
         body = {"model": self._model_name, "time": time.monotonic()}
-        return jsonify(body | engine_status(self._engine) | totals)
+        return jsonify(body | engine_status(self._engine) | self._metrics.totals())
