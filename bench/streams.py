@@ -25,6 +25,7 @@ class Stream:
     completion_tokens: int = 0
     cached_tokens: int = 0
     text: str = ""
+    finish_reason: str | None = None
 
     @property
     def time_to_first_token(self) -> float:
@@ -109,6 +110,7 @@ def _read_event(raw: bytes, stream: Stream) -> None:
         if text or choice.get("finish_reason"):
             stream.arrivals.append(time.perf_counter())
             stream.text += text
+            stream.finish_reason = choice.get("finish_reason") or stream.finish_reason
 
 
 def _read_usage(usage: dict, stream: Stream) -> None:
@@ -147,8 +149,9 @@ class BackgroundStream:
             if not self._thread.is_alive():
                 self.join()
                 raise RuntimeError(
-                    f"the stream ended after {len(self.stream.arrivals)} of {arrivals} "
-                    "pieces of output: ask it for more tokens"
+                    f"the stream ended ({self.stream.finish_reason}) after "
+                    f"{len(self.stream.arrivals)} of {arrivals} pieces of output, "
+                    f"{self.stream.completion_tokens} tokens: {self.stream.text[-200:]!r}"
                 )
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no {arrivals} pieces of output within {timeout:g} s")
