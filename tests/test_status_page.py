@@ -8,10 +8,12 @@ JSON messages ending in a NUL byte on file descriptors 3 and 4, no extra package
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -45,7 +47,8 @@ class HeadlessChromium:
     def __init__(self, url: str):
         if CHROMIUM is None:
             pytest.skip("chromium is not installed (.ci/run installs Debian's chromium)")
-        self._profile = tempfile.TemporaryDirectory()
+        # A helper process may still be writing its profile when the browser has gone.
+        self._profile = tempfile.TemporaryDirectory(ignore_cleanup_errors=True)
         to_browser, self._commands = _pipe()
         self._replies, from_browser = _pipe()
         # Chromium reads commands from fd 3 and writes replies to fd 4 (the pipe ends sit
@@ -56,6 +59,7 @@ class HeadlessChromium:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             pass_fds=(3, 4),
+            start_new_session=True,
             preexec_fn=lambda: (os.dup2(to_browser, 3), os.dup2(from_browser, 4)),
         )
         os.close(to_browser)
@@ -84,7 +88,14 @@ class HeadlessChromium:
         self._call("Runtime.evaluate", expression=script)
 
     def close(self) -> None:
-        self._process.kill()
+        """Close the browser and wait for it, helpers included (its own process group)."""
+        try:
+            self._call("Browser.close")
+            self._process.wait(timeout=10)
+        except (RuntimeError, OSError, subprocess.TimeoutExpired):
+            pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._process.pid, signal.SIGKILL)
         self._process.wait()
         os.close(self._commands)
         os.close(self._replies)
