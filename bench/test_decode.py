@@ -22,7 +22,8 @@ def test_one_stream_decode(paired, target, baseline, workload):
 
 @pytest.mark.parametrize("prompts", ["shared", "distinct"])
 def test_concurrent_streams(paired, target, baseline, workload, prompts):
-    """aggregate_ratio: tok/s of all streams together ÷ mlx_lm's BatchGenerator's.
+    """aggregate_ratio: tok/s of all streams together ÷ mlx_lm's BatchGenerator's;
+    aggregate_to_one_stream_ratio: the same ÷ mlx_lm's one stream (stream_generate).
 
     `shared`: every stream has the same prompt (fresh each round); `distinct`: each its own.
     """
@@ -38,8 +39,14 @@ def test_concurrent_streams(paired, target, baseline, workload, prompts):
 
     def reference():
         streams = baseline.generate_batch(conversations(), workload.tokens)
-        return {"aggregate_tok_s": aggregate_rate(streams)}
+        one = baseline.generate(short_prompt(), workload.tokens)
+        return {"aggregate_tok_s": aggregate_rate(streams), "one_stream_tok_s": one.decode_rate}
 
     paired.run(
-        measure, reference, {"aggregate_ratio": ("aggregate_tok_s", "baseline_aggregate_tok_s")}
+        measure,
+        reference,
+        {
+            "aggregate_ratio": ("aggregate_tok_s", "baseline_aggregate_tok_s"),
+            "aggregate_to_one_stream_ratio": ("aggregate_tok_s", "baseline_one_stream_tok_s"),
+        },
     )

@@ -10,7 +10,8 @@ QUESTION = "Thank you. Now say it again in one sentence."
 
 
 def test_next_turn(paired, target, baseline, workload):
-    """next_turn_ttft_ratio: the next turn's time to first token ÷ the first turn's.
+    """next_turn_ttft_ratio: the next turn's time to first token ÷ the first turn's;
+    repeat_ttft_ratio: the first turn sent again, the same.
 
     Without a prefix cache the next turn reads its longer prompt whole (ratio above 1);
     with one it reads only what is new. `cached_tokens` is what the server reported
@@ -24,11 +25,20 @@ def test_next_turn(paired, target, baseline, workload):
         first = chat_stream(target.base_url, first_body)
         following = next_turn(conversation, first.text, QUESTION)
         then = chat_stream(target.base_url, chat_body(following, 1, {}))
+        again = chat_stream(target.base_url, chat_body(conversation, 1, {}))
         return {
             "first_ttft_s": first.time_to_first_token,
             "next_ttft_s": then.time_to_first_token,
             "next_prompt_tokens": then.prompt_tokens,
             "cached_tokens": then.cached_tokens,
+            "repeat_ttft_s": again.time_to_first_token,
+            "repeat_cached_tokens": again.cached_tokens,
         }
 
-    paired.run(measure, ratios={"next_turn_ttft_ratio": ("next_ttft_s", "first_ttft_s")})
+    paired.run(
+        measure,
+        ratios={
+            "next_turn_ttft_ratio": ("next_ttft_s", "first_ttft_s"),
+            "repeat_ttft_ratio": ("repeat_ttft_s", "first_ttft_s"),
+        },
+    )

@@ -20,10 +20,10 @@ ROOT = Path(__file__).resolve().parent.parent
 TARGETS = ("refserver-1", "refserver-2")
 RATIOS = {
     "test_one_stream_decode": {"decode_ratio"},
-    "test_concurrent_streams": {"aggregate_ratio"},
+    "test_concurrent_streams": {"aggregate_ratio", "aggregate_to_one_stream_ratio"},
     "test_long_prompt_prefill": {"prefill_ratio", "ttft_ratio"},
     "test_stream_gap_beside_long_prompt": {"gap_to_step_ratio", "gap_to_prefill_ratio"},
-    "test_next_turn": {"next_turn_ttft_ratio"},
+    "test_next_turn": {"next_turn_ttft_ratio", "repeat_ttft_ratio"},
     "test_idle_cpu": {"idle_cpu_core_ratio"},
 }
 # Small enough to take well under a minute, large enough that every stream arrives in
