@@ -8,17 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import signal
 import sys
-import threading
 
 from .config import ClusterConfig, ConfigError, ServerConfig, api_keys_from_env
 from .engine.chunking import DEFAULT_PREFILL_CHUNK, ChunkPolicy
 from .engine.kv_budget import parse_size
 from .logs import setup_logging
-
-log = logging.getLogger("refserver")
 
 ENVIRONMENT = """\
 environment: MLX_RANK and MLX_HOSTFILE (set by mlx.launch) place this rank;
@@ -180,15 +175,3 @@ def main(argv: list[str] | None = None) -> int:
     from .serve import run_rank
 
     return run_rank(config)
-
-
-def install_drain_handler(drain) -> None:
-    """SIGTERM, SIGINT and SIGHUP drain the server instead of killing it mid-request."""
-    from .engine.liveness import STOP_SIGNALS
-
-    def handler(signum, _frame):
-        log.info("received %s: draining", signal.Signals(signum).name)
-        threading.Thread(target=drain, daemon=True).start()
-
-    for stop_signal in STOP_SIGNALS:
-        signal.signal(stop_signal, handler)

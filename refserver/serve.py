@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 from pathlib import Path
 
@@ -103,7 +104,6 @@ def _run_leader(config: ServerConfig) -> int:
 
 
 def _serve(config, slot, server, tokenizer, model_config) -> int:
-    from .cli import install_drain_handler
     from .engine.leader import PipelineEngine
 
     try:
@@ -125,7 +125,7 @@ def _serve(config, slot, server, tokenizer, model_config) -> int:
     except ControlError as exc:
         log.error("start-up failed: %s", exc)
         return 2
-    install_drain_handler(engine.drain)
+    drain_on_stop_signals(engine.drain)
     code = engine.run(config.drain_seconds)
     log.info("drained; exiting")
     return code
@@ -176,3 +176,15 @@ def _eos_ids(tokenizer, model_config: dict) -> set[int]:
         elif isinstance(value, list):
             ids.update(v for v in value if isinstance(v, int))
     return ids
+
+
+def drain_on_stop_signals(drain) -> None:
+    """SIGTERM, SIGINT and SIGHUP drain the server instead of killing it mid-request."""
+    from .engine.liveness import STOP_SIGNALS
+
+    def handler(signum, _frame):
+        log.info("received %s: draining", signal.Signals(signum).name)
+        threading.Thread(target=drain, daemon=True).start()
+
+    for stop_signal in STOP_SIGNALS:
+        signal.signal(stop_signal, handler)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from api_fakes import build_tokenizer, byte_tokens
 
-from refserver.api.detokenize import IncrementalDecoder, StopMatcher, TextStream
-from refserver.api.prompting import _eos_token_ids
+from refserver.api.shared.detokenize import IncrementalDecoder, StopMatcher, TextStream
+from refserver.api.shared.prompting import _eos_token_ids
 
 TOKENIZER = build_tokenizer()
 

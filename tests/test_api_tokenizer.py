@@ -11,9 +11,10 @@ import pytest
 from api_fakes import FakeEngine, settings
 from transformers import PreTrainedTokenizerFast
 
-from refserver.api import create_app, prompting
+from refserver.api import create_app
 from refserver.api.errors import ApiError
-from refserver.api.prompting import Vocabulary
+from refserver.api.shared import prompting
+from refserver.api.shared.prompting import Vocabulary
 from simcluster.tokenizer import BOS, CHAT_TEMPLATE, EOS, MARKERS, TURN, train_tokenizer
 
 CONTEXT = 64

@@ -53,7 +53,7 @@ def engine(tokenizer):
 def test_families_and_exact_counts_after_known_requests(engine, tokenizer, caplog):
     client = create_app(engine, tokenizer, settings()).test_client()
     usages = []
-    with caplog.at_level(logging.INFO, logger="refserver.api.observed_engine"):
+    with caplog.at_level(logging.INFO, logger="refserver.api.observe.observed_engine"):
         for max_tokens in (2, 3, 50):
             body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": max_tokens}
             usages.append(client.post("/v1/chat/completions", json=body).get_json()["usage"])

@@ -20,7 +20,7 @@ from rank_helpers import (
     sse_events,
 )
 
-from refserver.api.schemas import MAX_STOP_CHARS, MAX_STOP_STRINGS
+from refserver.api.shared.schemas import MAX_STOP_CHARS, MAX_STOP_STRINGS
 from simcluster.serve import ServerCluster
 
 pytestmark = pytest.mark.slow

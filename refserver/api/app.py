@@ -18,17 +18,17 @@ from flask import Flask, Response, g, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
-from refserver.api.agent_message import agent_builder
-from refserver.api.anthropic_messages import MESSAGES_PATH, AnthropicRoutes
+from refserver.api.anthropic.routes import MESSAGES_PATH, AnthropicRoutes
 from refserver.api.errors import ApiError
-from refserver.api.message import MessageBuilderFactory
-from refserver.api.metrics import ServerMetrics
-from refserver.api.observed_engine import ObservedEngine
-from refserver.api.prompting import Vocabulary
-from refserver.api.routes import OpenAIRoutes
+from refserver.api.observe.metrics import ServerMetrics
+from refserver.api.observe.observed_engine import ObservedEngine
+from refserver.api.observe.status import STATIC_FOLDER, StatusRoutes, engine_status
+from refserver.api.openai.routes import OpenAIRoutes
 from refserver.api.settings import ApiSettings
-from refserver.api.status import StatusRoutes, engine_status
-from refserver.api.submit import Submitter
+from refserver.api.shared.agent_message import agent_builder
+from refserver.api.shared.message import MessageBuilderFactory
+from refserver.api.shared.prompting import Vocabulary
+from refserver.api.shared.submit import Submitter
 from refserver.engine.interface import Engine
 from refserver.load_progress import describe
 
@@ -53,7 +53,7 @@ def create_app(
     message_builder makes, per chat request, the object that turns generated text into
     content, reasoning and tool calls (``plain_text_builder`` leaves the text raw).
     """
-    app = Flask("refserver.api")
+    app = Flask("refserver.api", static_folder=STATIC_FOLDER)
     app.wsgi_app = _collapse_slashes(app.wsgi_app)
     app.extensions["refserver"] = settings  # read by server.serve()
     app.json.sort_keys = False

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 
 from refserver.api.errors import ApiError, invalid_request
-from refserver.api.schemas import StrictModel
+from refserver.api.shared.schemas import StrictModel
 
 # pydantic's "a valid dictionary or instance of Message": clients send JSON, not instances.
 _INSTANCE_OF = re.compile(r" or instance of \w+")

@@ -6,11 +6,11 @@ from collections.abc import Iterator
 from contextlib import closing
 from typing import Any
 
-from refserver.api.generation import KeepAlive, Outcome, Pieces, TextPiece
-from refserver.api.logprobs import chat_logprobs
-from refserver.api.message import MessageBuilder
-from refserver.api.openai_common import ResponseMeta, usage, usage_chunk
-from refserver.api.prompting import Vocabulary
+from refserver.api.openai.common import ResponseMeta, usage, usage_chunk
+from refserver.api.openai.logprobs import chat_logprobs
+from refserver.api.shared.generation import KeepAlive, Outcome, Pieces, TextPiece
+from refserver.api.shared.message import MessageBuilder
+from refserver.api.shared.prompting import Vocabulary
 from refserver.tools import ContentDelta, OutputEvent, ReasoningDelta, ToolCallEvent
 
 Delta = dict[str, Any]

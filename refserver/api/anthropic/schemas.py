@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
-from refserver.api.schemas import (
+from refserver.api.shared.schemas import (
     Count,
     StrictModel,
     ToolFields,

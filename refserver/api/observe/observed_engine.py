@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 from flask import has_request_context, request
 
-from refserver.api.metrics import ServerMetrics
+from refserver.api.observe.metrics import ServerMetrics
 from refserver.engine.interface import (
     Engine,
     ErrorEvent,

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from refserver.api.errors import invalid_request
-from refserver.api.prompting import Prompt, Vocabulary
+from refserver.api.shared.prompting import Prompt, Vocabulary
 from refserver.tools import ToolChoiceError, ToolPlan, plan_tools
 
 

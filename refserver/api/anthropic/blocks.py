@@ -14,8 +14,8 @@ from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
-from refserver.api.generation import KeepAlive, Outcome, Pieces, TextPiece
-from refserver.api.message import MessageBuilder
+from refserver.api.shared.generation import KeepAlive, Outcome, Pieces, TextPiece
+from refserver.api.shared.message import MessageBuilder
 from refserver.tools import OutputEvent, ReasoningDelta, ToolCallEvent
 
 StreamEvent = tuple[str, dict[str, Any]]  # (event name, data)

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from refserver.api.generation import Outcome
+from refserver.api.shared.generation import Outcome
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ from __future__ import annotations
 from typing import Any
 
 from refserver.api.errors import invalid_request
-from refserver.api.prompting import Prompt, Vocabulary
-from refserver.api.schemas import SamplingFields, ToolFields
+from refserver.api.shared.prompting import Prompt, Vocabulary
+from refserver.api.shared.schemas import SamplingFields, ToolFields
 from refserver.constrain import ConstraintError, Reply, compile_constraint
 from refserver.engine.interface import Constraint
 from refserver.tools import ToolPlan, plan_tools, prompt_opens_reasoning

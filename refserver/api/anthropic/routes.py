@@ -1,7 +1,7 @@
 """The Anthropic Messages routes: POST /v1/messages and /v1/messages/count_tokens.
 
 A request is mapped to the same internal request as an OpenAI chat (see
-``anthropic_schemas``) and generated through the same engine and message builder.
+anthropic.schemas) and generated through the same engine and message builder.
 Any "model" name is accepted and the served model answers: Claude Code asks for several
 model names (a main one, a small fast one) and one model serves them all here.
 Errors on these routes are Anthropic error objects (see ``app``).
@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from flask import Flask, Response, g, jsonify
 
-from refserver.api.anthropic_blocks import MessageMeta, message_events, message_reply
-from refserver.api.anthropic_schemas import CountTokensRequest, MessagesRequest
-from refserver.api.chat_prompt import render_chat
-from refserver.api.message import MessageBuilderFactory
-from refserver.api.prompting import Prompt
-from refserver.api.sse import ANTHROPIC_SSE, event_stream, sse_response
-from refserver.api.submit import Submitter
+from refserver.api.anthropic.blocks import MessageMeta, message_events, message_reply
+from refserver.api.anthropic.schemas import CountTokensRequest, MessagesRequest
+from refserver.api.shared.chat_prompt import render_chat
+from refserver.api.shared.message import MessageBuilderFactory
+from refserver.api.shared.prompting import Prompt
+from refserver.api.shared.sse import ANTHROPIC_SSE, event_stream, sse_response
+from refserver.api.shared.submit import Submitter
 from refserver.api.validation import parse_request
 from refserver.tools import ToolPlan
 

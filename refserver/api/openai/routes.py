@@ -6,17 +6,17 @@ from collections.abc import Iterator
 
 from flask import Flask, Response, g, jsonify
 
-from refserver.api.agent_message import agent_builder
-from refserver.api.chat_prompt import render_chat
 from refserver.api.errors import ApiError
-from refserver.api.generation import EventPump, KeepAlive
-from refserver.api.message import MessageBuilderFactory
-from refserver.api.openai_chat import chat_chunks, chat_completion
-from refserver.api.openai_common import ResponseMeta
-from refserver.api.openai_completions import completion_chunks, text_completion
-from refserver.api.schemas import ChatCompletionRequest, CompletionRequest
-from refserver.api.sse import event_stream, sse_response
-from refserver.api.submit import Submitter
+from refserver.api.openai.chat import chat_chunks, chat_completion
+from refserver.api.openai.common import ResponseMeta
+from refserver.api.openai.completions import completion_chunks, text_completion
+from refserver.api.openai.requests import ChatCompletionRequest, CompletionRequest
+from refserver.api.shared.agent_message import agent_builder
+from refserver.api.shared.chat_prompt import render_chat
+from refserver.api.shared.generation import EventPump, KeepAlive
+from refserver.api.shared.message import MessageBuilderFactory
+from refserver.api.shared.sse import event_stream, sse_response
+from refserver.api.shared.submit import Submitter
 from refserver.api.validation import parse_request
 
 

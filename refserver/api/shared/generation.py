@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from refserver.api.detokenize import TextStream
+from refserver.api.shared.detokenize import TextStream
 from refserver.engine.interface import (
     Engine,
     ErrorEvent,

@@ -6,10 +6,10 @@ import time
 from dataclasses import replace
 
 from refserver.api.errors import ApiError, invalid_request
-from refserver.api.output_constraint import output_constraint
-from refserver.api.prompting import Prompt, Vocabulary
-from refserver.api.schemas import SamplingFields
 from refserver.api.settings import ApiSettings
+from refserver.api.shared.output_constraint import output_constraint
+from refserver.api.shared.prompting import Prompt, Vocabulary
+from refserver.api.shared.schemas import SamplingFields
 from refserver.engine.interface import GenerationRequest, SamplingParams
 
 # The seed that UIs (and llama.cpp) send to mean "no seed".

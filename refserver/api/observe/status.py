@@ -8,12 +8,16 @@ like every route but /health, /metrics and the page itself.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from flask import Flask, Response, jsonify
 
-from refserver.api.metrics import ServerMetrics
+from refserver.api.observe.metrics import ServerMetrics
 from refserver.engine.interface import Engine
 from refserver.engine.status import health_status
+
+# The page's files, served by Flask as the app's static folder.
+STATIC_FOLDER = Path(__file__).parent / "static"
 
 
 def engine_status(engine: Engine) -> dict:

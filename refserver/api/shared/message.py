@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from refserver.api.prompting import Prompt
+from refserver.api.shared.prompting import Prompt
 from refserver.tools import ContentDelta, OutputEvent, ToolPlan
 
 

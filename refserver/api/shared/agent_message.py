@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from refserver.api.prompting import Prompt
+from refserver.api.shared.prompting import Prompt
 from refserver.tools import OutputEvent, OutputParser, ToolPlan, prompt_opens_reasoning
 
 

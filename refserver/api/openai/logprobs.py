@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from refserver.api.prompting import Vocabulary
+from refserver.api.shared.prompting import Vocabulary
 from refserver.engine.interface import TokenEvent
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from flask import Response
 
 from refserver.api.errors import anthropic_error_body, error_body
-from refserver.api.generation import GenerationFailed, KeepAlive
+from refserver.api.shared.generation import GenerationFailed, KeepAlive
 
 log = logging.getLogger(__name__)
 

@@ -7,19 +7,19 @@ from typing import Any
 
 from flask import Response, g, jsonify, request
 
-from refserver.api.detokenize import TextStream
-from refserver.api.engine_request import engine_request
 from refserver.api.errors import ApiError
-from refserver.api.generation import (
+from refserver.api.request_body import read_json_object
+from refserver.api.settings import ApiSettings
+from refserver.api.shared.detokenize import TextStream
+from refserver.api.shared.engine_request import engine_request
+from refserver.api.shared.generation import (
     EventPump,
     GenerationFailed,
     Pieces,
     generate,
 )
-from refserver.api.prompting import Prompt, Vocabulary
-from refserver.api.request_body import read_json_object
-from refserver.api.schemas import SamplingFields
-from refserver.api.settings import ApiSettings
+from refserver.api.shared.prompting import Prompt, Vocabulary
+from refserver.api.shared.schemas import SamplingFields
 from refserver.engine.interface import CapacityError, Engine, NotReadyError, QueueFullError
 
 

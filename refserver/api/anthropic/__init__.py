@@ -1,0 +1,1 @@
+"""The Anthropic Messages wire format: requests, content-block replies and their stream."""

@@ -1,0 +1,67 @@
+"""The OpenAI request bodies: chat and text completions, on the shared request fields."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, ValidationInfo, field_validator
+
+from refserver.api.shared.schemas import (
+    RESERVED_TEMPLATE_KWARGS,
+    Message,
+    SamplingFields,
+    TokenId,
+    ToolFields,
+    template_switches,
+)
+
+
+class ChatCompletionRequest(ToolFields):
+    messages: list[Message] = Field(min_length=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    chat_template_kwargs: dict[str, Any] | None = None
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _needs_logprobs(cls, top: int | None, info: ValidationInfo) -> int | None:
+        if top and not info.data.get("logprobs"):
+            raise ValueError("top_logprobs requires logprobs to be true")
+        return top
+
+    @field_validator("chat_template_kwargs")
+    @classmethod
+    def _template_kwargs(cls, kwargs: dict[str, Any] | None) -> dict[str, Any] | None:
+        if kwargs is None:
+            return None
+        reserved = sorted(RESERVED_TEMPLATE_KWARGS.intersection(kwargs))
+        if reserved:
+            raise ValueError(f"these keys may not be set: {', '.join(reserved)}")
+        return template_switches(kwargs)
+
+
+class CompletionRequest(SamplingFields):
+    prompt: str | list[str] | list[TokenId] | list[list[TokenId]]
+    logprobs: int | None = Field(None, ge=0, le=5)
+    echo: bool | None = None
+    best_of: int | None = None
+    suffix: str | None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, prompt: Any) -> Any:
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list):
+            if len(prompt) != 1:
+                raise ValueError(f"only one prompt per request is supported, got {len(prompt)}")
+            prompt = prompt[0]
+        if len(prompt) == 0:
+            raise ValueError("the prompt must not be empty")
+        return prompt
+
+    @field_validator("echo", "best_of", "suffix")
+    @classmethod
+    def _unsupported(cls, value: Any, info: ValidationInfo) -> Any:
+        only = {"echo": False, "best_of": 1, "suffix": ""}[info.field_name]
+        if value is not None and value != only:
+            raise ValueError(f"only {info.field_name}={only!r} is supported")
+        return value
