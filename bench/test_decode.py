@@ -50,3 +50,30 @@ def test_concurrent_streams(paired, target, baseline, workload, prompts):
             "aggregate_to_one_stream_ratio": ("aggregate_tok_s", "baseline_one_stream_tok_s"),
         },
     )
+
+
+# A schema the output cannot finish within the tokens asked for: the stream decodes
+# under the constraint the whole time.
+LONG_JSON = {
+    "type": "object",
+    "properties": {"notes": {"type": "array", "items": {"type": "string"}, "minItems": 10_000}},
+    "required": ["notes"],
+}
+
+
+def test_constrained_decode(paired, target, baseline, workload):
+    """constrained_ratio: a json_schema stream's decode tok/s ÷ an unconstrained stream's,
+    on the same server (mlx_lm.server enforces no schema: its peers are skipped)."""
+    if target.name.startswith("mlx_lm.server"):
+        pytest.skip("mlx_lm.server does not enforce response_format")
+    schema = {"type": "json_schema", "json_schema": {"name": "notes", "schema": LONG_JSON}}
+
+    def measure():
+        plain = chat_body(short_prompt(), workload.tokens, baseline.logit_bias)
+        constrained = {**chat_body(short_prompt(), workload.tokens, {}), "response_format": schema}
+        return {
+            "constrained_tok_s": chat_stream(target.base_url, constrained).decode_rate,
+            "plain_tok_s": chat_stream(target.base_url, plain).decode_rate,
+        }
+
+    paired.run(measure, ratios={"constrained_ratio": ("constrained_tok_s", "plain_tok_s")})

@@ -25,6 +25,7 @@ RATIOS = {
     "test_stream_gap_beside_long_prompt": {"gap_to_step_ratio", "gap_to_prefill_ratio"},
     "test_next_turn": {"next_turn_ttft_ratio", "repeat_ttft_ratio"},
     "test_idle_cpu": {"idle_cpu_core_ratio"},
+    "test_constrained_decode": {"constrained_ratio"},
 }
 # Small enough to take well under a minute, large enough that every stream arrives in
 # several pieces (a random model's text is held back a few tokens at a time).
