@@ -3,8 +3,8 @@ without ranks (fake logits). The same on real ranks: test_reliability_sampling.p
 
 from __future__ import annotations
 
-import mlx.core as mx
 import pytest
+from scheduler_helpers import VOCAB, events, run
 
 from refserver.engine import sampling
 from refserver.engine.interface import (
@@ -15,44 +15,13 @@ from refserver.engine.interface import (
     TokenEvent,
 )
 from refserver.engine.scheduler import Scheduler, Sequence
-from refserver.engine.work import Decode, Prefill
 
-VOCAB = 50
 EOS = VOCAB - 1
-
-
-def _logits(rows: int) -> mx.array:
-    # Token 7 is the most likely everywhere and never the end of a sequence.
-    return mx.zeros((rows, VOCAB)).at[:, 7].add(5.0)
 
 
 def _sequence(name: str, **settings) -> Sequence:
     request = GenerationRequest(name, [1, 2, 3], max_tokens=4, sampling=SamplingParams(**settings))
     return Sequence(request)
-
-
-def _run(scheduler: Scheduler, steps: int) -> list:
-    """Issue and complete items one at a time, as one rank with no pipeline would."""
-    issued = []
-    for _ in range(steps):
-        item = scheduler.next_item()
-        if item is None:
-            break
-        issued.append(item)
-        rows = len(item.seqs) if isinstance(item, Decode) else 1
-        produces = isinstance(item, Decode) or (isinstance(item, Prefill) and item.final)
-        scheduler.on_result(
-            item, scheduler.start_sampling(item, _logits(rows) if produces else None)
-        )
-        scheduler.flush()
-    return issued
-
-
-def _events(sequence: Sequence) -> list:
-    events = []
-    while not sequence.events.empty():
-        events.append(sequence.events.get())
-    return events
 
 
 EDGES = [
@@ -83,8 +52,8 @@ def test_sampling_at_its_edges_ends_normally_or_fails_the_request_alone(settings
     plain = _sequence("plain")
     scheduler.add(edge)
     scheduler.add(plain)
-    _run(scheduler, 40)
-    edge_events, plain_events = _events(edge), _events(plain)
+    run(scheduler, 40)
+    edge_events, plain_events = events(edge), events(plain)
     assert isinstance(plain_events[-1], Finished) and plain_events[-1].completion_tokens == 4
     assert [e.token_id for e in plain_events if isinstance(e, TokenEvent)] == [7, 7, 7, 7]
     last = edge_events[-1]
@@ -106,11 +75,11 @@ def test_a_sampler_that_cannot_be_made_fails_its_request_only(monkeypatch):
     scheduler.add(doomed)
     scheduler.add(fine)
     scheduler.flush()
-    assert _events(doomed) == [
+    assert events(doomed) == [
         ErrorEvent("this request failed: RuntimeError: no sampler for you", "request_failed")
     ]
-    _run(scheduler, 20)
-    assert isinstance(_events(fine)[-1], Finished)
+    run(scheduler, 20)
+    assert isinstance(events(fine)[-1], Finished)
 
 
 def test_a_row_whose_sampling_raises_leaves_its_batch_and_the_others_finish(monkeypatch):
@@ -129,12 +98,12 @@ def test_a_row_whose_sampling_raises_leaves_its_batch_and_the_others_finish(monk
     rows = [_sequence("a"), _sequence("doomed", temperature=1.0, seed=13), _sequence("b")]
     for sequence in rows:
         scheduler.add(sequence)
-    issued = _run(scheduler, 40)
-    a, doomed, b = (_events(s) for s in rows)
+    issued = run(scheduler, 40)
+    a, doomed, b = (events(s) for s in rows)
     assert doomed[-1] == ErrorEvent("this request failed: ValueError: injected", "request_failed")
     assert sum(isinstance(e, TokenEvent) for e in doomed) == 1
-    for events in (a, b):
-        assert isinstance(events[-1], Finished) and events[-1].completion_tokens == 4
+    for received in (a, b):
+        assert isinstance(received[-1], Finished) and received[-1].completion_tokens == 4
     # Every rank frees the failed row's cache with a later item.
     assert any("doomed" in item.drop for item in issued)
     later = issued[[i for i, item in enumerate(issued) if "doomed" in item.drop][0] :]

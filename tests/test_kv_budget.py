@@ -3,8 +3,8 @@ On real ranks: test_reliability_kv_budget.py."""
 
 from __future__ import annotations
 
-import mlx.core as mx
 import pytest
+from scheduler_helpers import VOCAB, events, run
 
 from refserver.engine.chunking import ChunkPolicy, ChunkSizer
 from refserver.engine.interface import Finished, GenerationRequest
@@ -17,9 +17,7 @@ from refserver.engine.kv_budget import (
     rounded,
 )
 from refserver.engine.scheduler import Scheduler, Sequence
-from refserver.engine.work import Decode, Prefill
-
-VOCAB = 50
+from refserver.engine.work import Prefill
 
 
 @pytest.mark.parametrize(
@@ -81,20 +79,12 @@ def _sequence(name: str, prompt_length: int, max_tokens: int, first: int = 1) ->
     return Sequence(GenerationRequest(name, prompt, max_tokens=max_tokens))
 
 
-def _run(scheduler: Scheduler, steps: int = 2000) -> list:
-    issued = []
-    for _ in range(steps):
-        item = scheduler.next_item()
-        if item is None:
-            break
-        issued.append(item)
-        rows = len(item.seqs) if isinstance(item, Decode) else 1
-        produces = isinstance(item, Decode) or (isinstance(item, Prefill) and item.final)
-        logits = mx.zeros((rows, VOCAB)).at[:, 7].add(5.0) if produces else None
-        scheduler.on_result(item, scheduler.start_sampling(item, logits))
-        scheduler.flush()
-        assert scheduler.kv_used <= scheduler.ledger.capacity_tokens
-    return issued
+def _run(scheduler: Scheduler) -> list:
+    return run(scheduler, check=_within_budget)
+
+
+def _within_budget(scheduler: Scheduler) -> None:
+    assert scheduler.kv_used <= scheduler.ledger.capacity_tokens
 
 
 def test_a_sequence_that_does_not_fit_waits_until_another_gives_its_kv_back():
@@ -112,10 +102,8 @@ def test_a_sequence_that_does_not_fit_waits_until_another_gives_its_kv_back():
     assert any("a" in item.drop for item in issued[: second_prefill + 1])
     assert scheduler.ledger.high_water <= 3 * KV_STEP - 1
     for sequence in (first, second):
-        events = []
-        while not sequence.events.empty():
-            events.append(sequence.events.get())
-        assert isinstance(events[-1], Finished) and events[-1].completion_tokens == 100
+        last = events(sequence)[-1]
+        assert isinstance(last, Finished) and last.completion_tokens == 100
 
 
 def test_cached_prefixes_are_evicted_first_to_admit_a_sequence():
@@ -134,7 +122,7 @@ def test_sequences_spread_over_micro_batches_by_what_they_cost():
     long, short, other = _sequence("long", 10, 2000), _sequence("s", 10, 5), _sequence("o", 10, 5)
     for sequence in (long, short, other):
         scheduler.add(sequence)
-    _run(scheduler, steps=12)
+    run(scheduler, steps=12)
     # A short sequence beside the long one would cost a row as long as the long one.
     assert long.batch != short.batch and short.batch == other.batch
 

@@ -3,8 +3,8 @@ On real ranks: test_e2e_prefix_cache.py."""
 
 from __future__ import annotations
 
-import mlx.core as mx
 import pytest
+from scheduler_helpers import VOCAB, complete, events, run
 
 from refserver.engine.chunking import (
     MAX_ADAPTED_TOKENS,
@@ -17,7 +17,6 @@ from refserver.engine.prefix_cache import PrefixCache, PrefixHit, PrefixIndex
 from refserver.engine.scheduler import Scheduler, Sequence
 from refserver.engine.work import Decode, Prefill, Release
 
-VOCAB = 50
 EOS = VOCAB - 1
 
 
@@ -140,34 +139,14 @@ def _sequence(name: str, prompt: list[int], max_tokens: int = 3) -> Sequence:
     return Sequence(GenerationRequest(name, prompt, max_tokens=max_tokens))
 
 
-def _result(scheduler: Scheduler, item) -> None:
-    """Complete `item` as the last stage would: token 7 is always the most likely."""
-    rows = len(item.seqs) if isinstance(item, Decode) else 1
-    produces = isinstance(item, Decode) or (isinstance(item, Prefill) and item.final)
-    logits = mx.zeros((rows, VOCAB)).at[:, 7].add(5.0) if produces else None
-    scheduler.on_result(item, scheduler.start_sampling(item, logits))
-    scheduler.flush()
-
-
-def _run(scheduler: Scheduler, steps: int = 100) -> list:
-    """Issue up to `depth` items ahead and complete them in order, as the leader does."""
-    issued, in_flight = [], []
-    for _ in range(steps):
-        while len(in_flight) < 2 and (item := scheduler.next_item()) is not None:
-            issued.append(item)
-            in_flight.append(item)
-        if not in_flight:
-            break
-        _result(scheduler, in_flight.pop(0))
-    return issued
+def _run(scheduler: Scheduler) -> list:
+    return run(scheduler, steps=100, in_flight=2)
 
 
 def _finished(sequence: Sequence) -> Finished:
-    events = []
-    while not sequence.events.empty():
-        events.append(sequence.events.get())
-    assert isinstance(events[-1], Finished), events
-    return events[-1]
+    last = events(sequence)[-1]
+    assert isinstance(last, Finished), last
+    return last
 
 
 PROMPT = list(range(1, 12))  # 11 tokens: chunks of 4, 4, 2, then the last token alone
@@ -179,11 +158,11 @@ def test_a_prompt_is_prefilled_in_chunks_that_follow_each_other_into_the_pipelin
     first, second = scheduler.next_item(), scheduler.next_item()
     assert (first.tokens, second.tokens) == ([1, 2, 3, 4], [5, 6, 7, 8])
     assert scheduler.next_item() is None  # one chunk per stage in flight
-    _result(scheduler, first)
+    complete(scheduler, first)
     third = scheduler.next_item()
     assert third.tokens == [9, 10] and not third.final
-    _result(scheduler, second)
-    _result(scheduler, third)
+    complete(scheduler, second)
+    complete(scheduler, third)
     last = scheduler.next_item()
     assert last.tokens == [11] and last.final
 
@@ -245,8 +224,8 @@ def test_a_sequence_cancelled_while_prefilling_keeps_only_the_chunks_issued():
     scheduler.add(sequence)
     first, second = scheduler.next_item(), scheduler.next_item()
     scheduler.cancel("a")
-    _result(scheduler, first)
-    _result(scheduler, second)
+    complete(scheduler, first)
+    complete(scheduler, second)
     release = scheduler.next_item()
     assert release.drop == ["a"]
     assert release.cache_ops == [["keep", "a", 0, 8]]
