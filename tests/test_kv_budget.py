@@ -42,17 +42,18 @@ def test_parse_size_refuses(text):
 
 
 @pytest.mark.parametrize(
-    "batches, prompt, positions",
+    "batches, prompts, positions",
     [
-        ([], 0, 0),
-        ([[10]], 0, KV_STEP),
-        ([[10, 300]], 0, 2 * 2 * KV_STEP),  # rectangular: every row as long as the longest
-        ([[10], [300]], 0, KV_STEP + 2 * KV_STEP),
-        ([[10], []], 257, KV_STEP + 2 * KV_STEP),
+        ([], [], 0),
+        ([[10]], [], KV_STEP),
+        ([[10, 300]], [], 2 * 2 * KV_STEP),  # rectangular: every row as long as the longest
+        ([[10], [300]], [], KV_STEP + 2 * KV_STEP),
+        ([[10], []], [257], KV_STEP + 2 * KV_STEP),
+        ([[10], [20]], [5, 300], 2 * KV_STEP + KV_STEP + 2 * KV_STEP),
     ],
 )
-def test_held_positions(batches, prompt, positions):
-    assert held_positions(batches, prompt) == positions
+def test_held_positions(batches, prompts, positions):
+    assert held_positions(batches, prompts) == positions
 
 
 def test_rank_capacity_and_never_fits():

@@ -229,4 +229,21 @@ def test_a_sequence_cancelled_while_prefilling_keeps_only_the_chunks_issued():
     release = scheduler.next_item()
     assert release.drop == ["a"]
     assert release.cache_ops == [["keep", "a", 0, 8]]
-    assert scheduler.prefilling is None
+    assert not scheduler.prefilling
+
+
+def test_the_next_prompt_follows_the_last_chunk_of_the_one_before_into_the_pipeline():
+    scheduler = _scheduler(chunk=8, depth=4)
+    scheduler.add(_sequence("a", PROMPT))
+    scheduler.add(_sequence("b", PROMPT + [60, 61]))
+    items = [scheduler.next_item() for _ in range(4)]
+    # All of a's chunks, then b at once, before any result is read: b starts from a's
+    # prompt, which every rank has computed by the time it runs b's chunk.
+    assert [(item.seq, item.tokens, item.reuse) for item in items] == [
+        ("a", PROMPT[:8], None),
+        ("a", PROMPT[8:10], None),
+        ("a", PROMPT[10:], None),
+        ("b", [60], [0, len(PROMPT)]),
+    ]
+    assert items[3].cache_ops == [["keep", "a", 0, len(PROMPT)]]
+    assert scheduler.next_item() is None  # one chunk per stage in flight

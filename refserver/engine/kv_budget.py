@@ -89,11 +89,11 @@ def rounded(tokens: int) -> int:
     return -(-tokens // KV_STEP) * KV_STEP
 
 
-def held_positions(batches: list[list[int]], prefilling_prompt: int) -> int:
-    """KV positions of micro-batches (rows × the longest reach) and of a prompt being
-    prefilled in its own cache."""
+def held_positions(batches: list[list[int]], prefilling_prompts: list[int]) -> int:
+    """KV positions of micro-batches (rows × the longest reach) and of prompts being
+    prefilled, each in its own cache."""
     used = sum(len(reaches) * rounded(max(reaches)) for reaches in batches if reaches)
-    return used + (rounded(prefilling_prompt) if prefilling_prompt else 0)
+    return used + sum(rounded(prompt) for prompt in prefilling_prompts)
 
 
 class KvLedger:
@@ -105,7 +105,7 @@ class KvLedger:
 
     def never_fits(self, prompt: int, reach: int) -> bool:
         """Alone in the cluster, the sequence would still exceed the capacity."""
-        return held_positions([[reach]], prompt) > self.capacity_tokens
+        return held_positions([[reach]], [prompt]) > self.capacity_tokens
 
     def record(self, used: int) -> None:
         self.high_water = max(self.high_water, used)

@@ -5,8 +5,10 @@ decoding), then join one of the micro-batches. Each micro-batch has at most one
 decode item in flight; with several micro-batches, several items are in the
 pipeline at once and every stage has work. A prompt's chunks follow each other
 into the pipeline (up to one per stage in flight), since every rank runs its
-items in order. A prompt starts from the longest prefix the prefix cache holds
-(see prefix_index), and is kept there once prefilled. Cancellations and finished
+items in order; once a prompt's chunks are all issued, the next waiting prompt
+follows them in, so the stages never wait for a prompt's last result. A prompt
+starts from the longest prefix the prefix cache holds (see prefix_cache), and is
+kept there once prefilled. Cancellations and finished
 sequences are dropped by the next item issued, which every rank runs after the
 items that still held them.
 """
@@ -34,6 +36,7 @@ class Sequence:
     events: queue.Queue = field(default_factory=queue.Queue)
     sampler: SequenceSampler | None = None
     prefilled: int = 0  # prompt tokens issued for prefill (or reused from the cache)
+    chunks_in_flight: int = 0  # prefill chunks issued and not yet read
     processed: int = 0  # prompt tokens whose prefill has completed (or were reused)
     cached: int = 0  # prompt tokens reused from the prefix cache
     generated: int = 0
@@ -73,8 +76,9 @@ class Scheduler:
         self.ledger = KvLedger(kv_capacity_tokens) if kv_capacity_tokens else None
         self.kv_used = 0  # KV positions held by rank 0's decisions, as of the last item
         self.waiting: deque[Sequence] = deque()
-        self.prefilling: Sequence | None = None
-        # Chunks of `prefilling` issued and not yet read; one per stage keeps them all busy.
+        # Admitted sequences whose prefill results are not all read, in issue order.
+        self.prefilling: deque[Sequence] = deque()
+        # Prefill chunks issued and not yet read; one per stage keeps them all busy.
         self.prefill_in_flight = 0
         self.prefill_depth = micro_batches
         self.members: dict[int, list[Sequence]] = {b: [] for b in range(micro_batches)}
@@ -203,22 +207,21 @@ class Scheduler:
         if self.prefill_in_flight >= self.prefill_depth:
             return None
         reuse = None
-        if self.prefilling is None:
-            if not self.waiting or self.running() >= self.max_batch:
+        if not self.prefilling or _all_issued(self.prefilling[-1]):
+            if not self.waiting or self.running() + len(self.prefilling) >= self.max_batch:
                 return None
             # Looked up first: the entry it hits is the last one evicted to admit it.
             hit = self._cached_prefix(self.waiting[0])
             if not self._admit(self.waiting[0]):
                 return None  # it waits until running sequences give their KV back
-            self.prefilling = self.waiting.popleft()
-            self.prefilling.admitted_at = time.monotonic()
-            reuse = self._start_from(self.prefilling, hit)
-        sequence = self.prefilling
+            self.prefilling.append(self.waiting.popleft())
+            self.prefilling[-1].admitted_at = time.monotonic()
+            reuse = self._start_from(self.prefilling[-1], hit)
+        sequence = self.prefilling[-1]
         prompt = sequence.request.prompt_tokens
-        if sequence.cancelled or sequence.prefilled == len(prompt):
-            return None  # every chunk issued: wait for their results
         start, end = sequence.prefilled, self._chunk_end(sequence.prefilled, len(prompt))
         sequence.prefilled = end
+        sequence.chunks_in_flight += 1
         self.prefill_in_flight += 1
         drop, cache_ops = self._take_drops()
         item = Prefill(sequence.id, prompt[start:end], end == len(prompt), drop, cache_ops, reuse)
@@ -262,14 +265,13 @@ class Scheduler:
         """KV positions every rank holds (or will) for rank 0's decisions so far, with
         `extra` (micro-batch, sequence) admitted too."""
         reaches = {b: [s.reach for s in self.members[b] + self.joining[b]] for b in self.members}
-        staged = extra or ((self.prefilling.batch, self.prefilling) if self.prefilling else None)
-        prompt = 0
-        if staged is not None:  # its own cache while it prefills, and its row once joined
-            batch, sequence = staged
+        staged = [(s.batch, s) for s in self.prefilling] + ([extra] if extra else [])
+        prompts = []
+        for batch, sequence in staged:  # its own cache while it prefills, its row once joined
             reaches[batch].append(sequence.reach)
-            prompt = len(sequence.request.prompt_tokens)
+            prompts.append(len(sequence.request.prompt_tokens))
         entries = self.prefix_cache.index.positions if cached and self.prefix_cache else 0
-        return held_positions(list(reaches.values()), prompt) + entries
+        return held_positions(list(reaches.values()), prompts) + entries
 
     def _cache_room(self) -> int | None:
         """KV positions the budget leaves for cached prefixes (None: no budget)."""
@@ -291,8 +293,9 @@ class Scheduler:
         """Begin sampling the tokens `item` produced (None when it produced none)."""
         if isinstance(item, Decode):
             return draw(logits, [s.sampler for s in self._rows(item)])
-        if isinstance(item, Prefill) and item.final and not self.prefilling.cancelled:
-            return draw(logits, [self.prefilling.sampler])
+        if isinstance(item, Prefill) and item.final:
+            sequence = self._prefilling(item.seq)
+            return None if sequence.cancelled else draw(logits, [sequence.sampler])
         return None
 
     def on_result(self, item: WorkItem, sampling: Draw | None) -> None:
@@ -323,19 +326,23 @@ class Scheduler:
     def _emit(self, sequence: Sequence, event) -> None:
         self.outbox.append((sequence, event))
 
+    def _prefilling(self, seq_id: str) -> Sequence:
+        return next(s for s in self.prefilling if s.id == seq_id)
+
     def _after_prefill(self, item: Prefill, sampling: Draw | None) -> None:
         self.prefill_in_flight -= 1
-        sequence = self.prefilling
+        sequence = self._prefilling(item.seq)
+        sequence.chunks_in_flight -= 1
         if sequence.cancelled:
-            if not self.prefill_in_flight:
-                self.prefilling = None
+            if not sequence.chunks_in_flight:
+                self.prefilling.remove(sequence)
             return
         sequence.processed += len(item.tokens)
         total = len(sequence.request.prompt_tokens)
         self._emit(sequence, PrefillProgress(sequence.processed, total))
         if not item.final:
             return
-        self.prefilling = None
+        self.prefilling.remove(sequence)
         (event,) = sampling.events()
         self.joining[sequence.batch].append(sequence)  # the micro-batch chosen at admission
         self._deliver(sequence, event)
@@ -372,8 +379,8 @@ class Scheduler:
         self.by_id.pop(sequence.id, None)
         if holds_cache:
             self.to_drop.append(sequence.id)
-        if sequence is self.prefilling and not self.prefill_in_flight:
-            self.prefilling = None
+        if sequence in self.prefilling and not sequence.chunks_in_flight:
+            self.prefilling.remove(sequence)
         self._emit(sequence, last_event)
 
     def fail_all(self, message: str) -> None:
@@ -385,6 +392,11 @@ class Scheduler:
                 sequence.events.put(ErrorEvent(message))
         self.by_id.clear()
         self.waiting.clear()
+
+
+def _all_issued(sequence: Sequence) -> bool:
+    """No chunk of its prompt is left to issue (or it was cancelled)."""
+    return sequence.cancelled or sequence.prefilled == len(sequence.request.prompt_tokens)
 
 
 def _computed_tokens(sequence: Sequence) -> list[int]:

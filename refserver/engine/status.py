@@ -24,8 +24,8 @@ def cluster_status(engine: PipelineEngine) -> dict:
         "ok": health.ok,
         "reason": health.reason,
         "requests": {
-            # Admitted: decoding, or being prefilled (one prompt at a time).
-            "running": scheduler.running() + (scheduler.prefilling is not None),
+            # Admitted: decoding, or being prefilled.
+            "running": scheduler.running() + len(scheduler.prefilling),
             "waiting": len(scheduler.waiting),
         },
         "kv": kv,
