@@ -7,7 +7,9 @@ import pytest
 from scheduler_helpers import VOCAB, complete, events, run
 
 from refserver.engine.chunking import (
+    FIRST_ADAPTED_TOKENS,
     MAX_ADAPTED_TOKENS,
+    MAX_IDLE_TOKENS,
     MIN_ADAPTED_TOKENS,
     ChunkPolicy,
     ChunkSizer,
@@ -125,8 +127,22 @@ def test_chunk_sizer(policy, measured, expected):
 def test_adapted_chunks_follow_the_speed_of_a_stage():
     sizer = ChunkSizer(ChunkPolicy(seconds=0.2))
     for _ in range(20):
-        sizer.observe(sizer.tokens, sizer.tokens / 100)  # 100 tokens/s: 20 tokens
-    assert 19 <= sizer.tokens <= 21
+        sizer.observe(sizer.tokens, sizer.tokens / 200)  # 200 tokens/s: 40 tokens
+    assert 39 <= sizer.tokens <= 41
+
+
+@pytest.mark.parametrize(
+    "policy, body, decoding, stages, size",
+    [
+        (ChunkPolicy(tokens=64), 10_000, False, 2, 64),  # fixed: reproducible boundaries
+        (ChunkPolicy(seconds=0.25), 10_000, True, 2, FIRST_ADAPTED_TOKENS),  # the time target
+        (ChunkPolicy(seconds=0.25), 2000, False, 2, 250),  # idle: 4 chunks per stage
+        (ChunkPolicy(seconds=0.25), 100, False, 2, FIRST_ADAPTED_TOKENS),  # never below it
+        (ChunkPolicy(seconds=0.25), 100_000, False, 3, MAX_IDLE_TOKENS),
+    ],
+)
+def test_chunk_size_with_and_without_streams_decoding(policy, body, decoding, stages, size):
+    assert ChunkSizer(policy).size(body, decoding, stages) == size
 
 
 # -- the scheduler ------------------------------------------------------------

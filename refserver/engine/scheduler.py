@@ -233,7 +233,10 @@ class Scheduler:
     def _chunk_end(self, start: int, length: int) -> int:
         """As mlx_lm.generate_step: the prompt but its last token in chunks, then that token."""
         body = length - 1
-        return min(start + self.chunks.tokens, body) if start < body else length
+        if start >= body:
+            return length
+        size = self.chunks.size(body, decoding=self.running() > 0, stages=self.prefill_depth)
+        return min(start + size, body)
 
     def _cached_prefix(self, sequence: Sequence) -> PrefixHit | None:
         if self.prefix_cache is None:
