@@ -263,3 +263,13 @@ def test_the_next_prompt_follows_the_last_chunk_of_the_one_before_into_the_pipel
     ]
     assert items[3].cache_ops == [["keep", "a", 0, len(PROMPT)]]
     assert scheduler.next_item() is None  # one chunk per stage in flight
+
+
+def test_the_index_counts_what_its_entries_hold_as_they_come_and_go():
+    index = PrefixIndex(capacity_tokens=700)
+    for first in range(0, 2000, 100):
+        index.save(list(range(first, first + 90 + first % 7)))
+        index.longest_prefix(list(range(first - 300, first)), 50)
+        held = [tokens for tokens in index._entries.values()]
+        assert index.cached_tokens == sum(len(tokens) for tokens in held) <= 700
+        assert index.positions == sum(-(-len(tokens) // 256) * 256 for tokens in held)

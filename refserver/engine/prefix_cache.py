@@ -37,15 +37,9 @@ class PrefixIndex:
         self.capacity_tokens = capacity_tokens
         self._entries: OrderedDict[int, np.ndarray] = OrderedDict()  # oldest use first
         self._next_id = 0
-
-    @property
-    def cached_tokens(self) -> int:
-        return sum(len(tokens) for tokens in self._entries.values())
-
-    @property
-    def positions(self) -> int:
-        """KV positions the entries hold on a rank (caches grow in steps)."""
-        return sum(rounded(len(tokens)) for tokens in self._entries.values())
+        # Kept as entries come and go: rank 0 reads them before every item it issues.
+        self.cached_tokens = 0
+        self.positions = 0  # KV positions the entries hold on a rank (caches grow in steps)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -87,7 +81,7 @@ class PrefixIndex:
             if shared == len(held):
                 evict.append(entry)
         for entry in evict:
-            del self._entries[entry]
+            self._forget(entry)
         while (
             self.cached_tokens + len(array) > self.capacity_tokens
             or self.positions + rounded(len(array)) > room
@@ -95,11 +89,20 @@ class PrefixIndex:
             evict.append(self.evict_oldest())
         entry, self._next_id = self._next_id, self._next_id + 1
         self._entries[entry] = array
+        self.cached_tokens += len(array)
+        self.positions += rounded(len(array))
         return entry, evict
 
     def evict_oldest(self) -> int:
         """Give up the least recently used entry; its id."""
-        return self._entries.popitem(last=False)[0]
+        oldest = next(iter(self._entries))
+        self._forget(oldest)
+        return oldest
+
+    def _forget(self, entry: int) -> None:
+        tokens = self._entries.pop(entry)
+        self.cached_tokens -= len(tokens)
+        self.positions -= rounded(len(tokens))
 
 
 def _common_prefix(a: np.ndarray, b: np.ndarray) -> int:
