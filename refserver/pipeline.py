@@ -90,16 +90,25 @@ class PipelineStage:
         rank+1. Non-last stages return the (lazy) send to rank-1; the last stage
         returns logits for every position. The caller evaluates the result.
         """
-        if self.is_first:
-            h = self.embed_tokens(tokens)
-        else:
-            template = mx.zeros((batch, length, self.hidden_size), dtype=self.hidden_dtype)
-            h = mx.distributed.recv_like(template, self.rank + 1, group=self.group)
+        h = self.embed_tokens(tokens) if self.is_first else self.receive(batch, length)
+        return self.through(h, cache)
+
+    def receive(self, batch: int, length: int) -> mx.array:
+        """The (lazy) hidden states rank+1 sends for a (batch, length) block."""
+        template = mx.zeros((batch, length, self.hidden_size), dtype=self.hidden_dtype)
+        return mx.distributed.recv_like(template, self.rank + 1, group=self.group)
+
+    def through(self, h: mx.array, cache: list, last_only: bool = False) -> mx.array:
+        """This stage's layers on hidden states `h`, then the send to rank-1, or on
+        the last stage the logits (of the last position alone when `last_only`: a
+        prompt's last chunk needs no others, and a real model's head is large)."""
         mask = create_attention_mask(h, cache[0])
         for layer, layer_cache in zip(self.layers, cache, strict=True):
             h = layer(h, mask, layer_cache)
         if not self.is_last:
             return mx.distributed.send(h, self.rank - 1, group=self.group)
+        if last_only:
+            h = h[:, -1:, :]
         return self.head(self.norm(h))
 
 

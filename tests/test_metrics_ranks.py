@@ -101,7 +101,10 @@ def test_every_rank_reports_steps_memory_kv_and_heartbeats(cluster):
     for rank in "01":
         label = ("rank", rank)
         assert found[("refserver_rank_steps_total", label)] > 0
-        assert found[("refserver_rank_step_seconds_total", label)] > 0
+        step_seconds = found[("refserver_rank_step_seconds_total", label)]
+        assert step_seconds > 0
+        # Rank 0 waits for rank 1's hidden states, rank 1 for rank 0's tokens.
+        assert 0 < found[("refserver_rank_ring_wait_seconds_total", label)] < step_seconds
         assert found[("refserver_rank_memory_bytes", label)] > 0
         assert found[("refserver_rank_kv_budget_bytes", label)] > 0
         assert ("refserver_rank_kv_used_bytes", label) in found

@@ -165,6 +165,7 @@ def test_shows_both_ranks_and_updates_while_a_request_runs(tiny_model, page_of):
             assert wait_until(lambda: int(float(page.text("#generated"))) > generated, timeout=10)
             assert wait_until(lambda: page.text("#tokens-per-second") not in ("–", "0.0"), 10)
             assert wait_until(lambda: " ms" in page.text("#ranks tbody"), timeout=10)
+            assert wait_until(lambda: " %" in page.text("#ranks tbody"), timeout=10)
         finally:
             sock.close()
         assert wait_until(lambda: page.text("#running") == "0", timeout=10)

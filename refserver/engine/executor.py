@@ -13,6 +13,7 @@ import mlx.core as mx
 from mlx_lm.models.cache import BatchKVCache, KVCache
 
 from ..pipeline import PipelineStage
+from .rank_stats import RingWaitClock
 from .work import Decode, Prefill, Release, WorkItem
 
 
@@ -34,6 +35,8 @@ class StageExecutor:
         self.batch_of: dict[str, int] = {}
         # The prefix cache: entry id -> a finished prompt's KV, for this rank's layers.
         self.entries: dict[int, list[KVCache]] = {}
+        self.ring_wait = RingWaitClock()
+        self._unwaited: mx.array | None = None  # see _logits
 
     def run(self, item: WorkItem, inputs: mx.array | None = None) -> mx.array | None:
         """Apply `item`. The last stage returns lazy (rows, vocab) logits when the item
@@ -52,10 +55,12 @@ class StageExecutor:
         if item.seq not in self.pending:
             self.pending[item.seq] = self._new_cache(item.reuse)
         cache = self.pending[item.seq]
-        out = self._forward(item.tokens, cache, batch=1, length=len(item.tokens))
+        out, received = self._forward(
+            item.tokens, cache, batch=1, length=len(item.tokens), last_only=item.final
+        )
         if self.stage.is_last and item.final:
-            return out[:, -1, :]
-        mx.eval(out if not self.stage.is_last else [c.state for c in cache])
+            return self._logits(out, received)
+        self._evaluate(out if not self.stage.is_last else [c.state for c in cache], received)
         return None
 
     def _new_cache(self, reuse: list[int] | None) -> list:
@@ -74,19 +79,43 @@ class StageExecutor:
                 f"rank 0 sent {item.seqs}"
             )
         rows = len(item.seqs)
+        sampled = None  # rank 0's tokens for a decode issued ahead, from the ring
         if inputs is not None:
             tokens = inputs.reshape(rows, 1)
         elif item.issued_ahead and self.stage.is_first:
             template = mx.zeros((rows,), dtype=mx.int32)
-            received = mx.distributed.recv_like(template, 0, group=self.stage.group)
-            tokens = received.reshape(rows, 1)
+            sampled = mx.distributed.recv_like(template, 0, group=self.stage.group)
+            tokens = sampled.reshape(rows, 1)
         else:
             tokens = [[token] for token in item.tokens]
-        out = self._forward(tokens, batch.caches, batch=rows, length=1)
+        out, received = self._forward(tokens, batch.caches, batch=rows, length=1)
+        received = sampled if received is None else received
         if self.stage.is_last:
-            return out[:, -1, :]
-        mx.eval(out)
+            return self._logits(out, received)
+        self._evaluate(out, received)
         return None
+
+    def _evaluate(self, out, received: mx.array | None) -> None:
+        """Evaluate `out`, timing the wait for its ring receive on the way: both are
+        queued first, so the layers follow the receive without waiting for this thread."""
+        if received is not None:
+            mx.async_eval(received)
+            mx.async_eval(out)
+            self.ring_wait.wait_for(received)
+        mx.eval(out)
+
+    def _logits(self, out: mx.array, received: mx.array | None) -> mx.array:
+        """The last position's (lazy) logits; their receive starts now and its wait is
+        timed by wait_for_ring, once the caller has queued the sampling after it."""
+        if received is not None:
+            mx.async_eval(received)
+        self._unwaited = received
+        return out[:, -1, :]
+
+    def wait_for_ring(self) -> None:
+        """Time the wait for the receive of the logits run last returned."""
+        self.ring_wait.wait_for(self._unwaited)
+        self._unwaited = None
 
     def _apply_cache_ops(self, ops: list[list]) -> None:
         for op in ops:
@@ -134,13 +163,19 @@ class StageExecutor:
                 cache.filter(keep)
             batch.seqs = [batch.seqs[i] for i in keep]
 
-    def _forward(self, tokens, cache, batch: int, length: int) -> mx.array:
-        inputs = None
-        if self.stage.is_first:
-            inputs = tokens if isinstance(tokens, mx.array) else mx.array(tokens, dtype=mx.int32)
-            if inputs.ndim == 1:
-                inputs = inputs[None]
-        return self.stage.forward(inputs, cache, batch=batch, length=length)
+    def _forward(
+        self, tokens, cache, batch: int, length: int, last_only: bool = False
+    ) -> tuple[mx.array, mx.array | None]:
+        """The stage's lazy output, and the ring receive it waits for (None on the
+        first stage, which embeds `tokens`)."""
+        stage = self.stage
+        if not stage.is_first:
+            received = stage.receive(batch, length)
+            return stage.through(received, cache, last_only), received
+        inputs = tokens if isinstance(tokens, mx.array) else mx.array(tokens, dtype=mx.int32)
+        if inputs.ndim == 1:
+            inputs = inputs[None]
+        return stage.through(stage.embed_tokens(inputs), cache, last_only), None
 
 
 def _prefix_of(cache: KVCache, length: int) -> KVCache:

@@ -51,10 +51,10 @@ def run_follower(cluster: Cluster) -> int:
         signal.signal(stop_signal, on_term)
     stop_beats = threading.Event()
     watchdog = StepWatchdog(config.step_timeout, lost)
-    stats = own_stats(watchdog)  # the heartbeats carry this rank's counters to rank 0
+    executor = StageExecutor(cluster.stage)
+    stats = own_stats(watchdog, executor.ring_wait)  # the heartbeats carry them to rank 0
     send_heartbeats([leader], config.heartbeat_interval, stop_beats, on_error=lost, stats=stats)
     inbox = read_leader(leader, config.heartbeat_timeout, lost)
-    executor = StageExecutor(cluster.stage)
     while True:
         message = inbox.get()
         if message.get("type") == "shutdown":

@@ -1,8 +1,9 @@
 """What each rank tells rank 0 about itself, for /metrics and the status page.
 
-Every rank counts its steps where its step watchdog already times them and reads its
-MLX memory in the heartbeat thread; the heartbeats carry both to rank 0, which keeps
-each rank's latest report and when it came. Nothing here runs inside a step.
+Every rank counts its steps where its step watchdog already times them, times its
+ring receives where it waits for them (RingWaitClock) and reads its MLX memory in the
+heartbeat thread; the heartbeats carry them to rank 0, which keeps each rank's latest
+report and when it came.
 """
 
 from __future__ import annotations
@@ -16,13 +17,36 @@ import mlx.core as mx
 from .liveness import StepWatchdog
 
 
-def own_stats(watchdog: StepWatchdog) -> Callable[[], dict]:
+class RingWaitClock:
+    """The time this rank spends waiting for its ring neighbour's data.
+
+    A step's receive is queued for evaluation on its own, then the rest of the step
+    after it; the rank's thread then waits for the receive alone before it waits for
+    the rest, which tells the wait from the compute with nothing more to compute and
+    no pause between the two.
+    """
+
+    def __init__(self):
+        self.seconds = 0.0
+
+    def wait_for(self, received: mx.array | None) -> None:
+        """Wait until `received` (a ring receive, already queued; None: nothing to
+        wait for) has arrived."""
+        if received is None:
+            return
+        began = time.perf_counter()
+        mx.eval(received)
+        self.seconds += time.perf_counter() - began
+
+
+def own_stats(watchdog: StepWatchdog, ring_wait: RingWaitClock) -> Callable[[], dict]:
     """This rank's counters as a heartbeat carries them."""
 
     def stats() -> dict:
         return {
             "steps": watchdog.steps,
             "step_seconds": watchdog.step_seconds,
+            "ring_wait_seconds": ring_wait.seconds,
             "memory_bytes": mx.get_active_memory(),
         }
 

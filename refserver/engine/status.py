@@ -47,7 +47,10 @@ def health_status(health: Health) -> dict:
 def _rank(engine: PipelineEngine, rank: int, kv: dict | None) -> dict:
     cluster = engine.cluster
     layers = cluster.split.layer_range(rank)
-    stats = own_stats(engine.watchdog)() if rank == 0 else engine.reports.stats(rank)
+    if rank == 0:
+        stats = own_stats(engine.watchdog, engine.executor.ring_wait)()
+    else:
+        stats = engine.reports.stats(rank)
     budget = (kv or {}).get("ranks", {}).get(rank)
     age = None if rank == 0 else engine.reports.heartbeat_age(rank)  # rank 0 listens
     return {
@@ -61,6 +64,7 @@ def _rank(engine: PipelineEngine, rank: int, kv: dict | None) -> dict:
         "kv_used_bytes": kv["used_tokens"] * budget["bytes_per_token"] if budget else None,
         "steps": stats.get("steps", 0),
         "step_seconds": stats.get("step_seconds", 0.0),
+        "ring_wait_seconds": stats.get("ring_wait_seconds", 0.0),
         "heartbeat_age_seconds": age,
         # Rank 0 answers this very read; a peer is alive while its heartbeats come in time.
         "alive": age is None or age < cluster.config.heartbeat_timeout,

@@ -153,6 +153,11 @@ _RANK_COUNTERS = (
         "Time in the rank's steps (its compute and its ring transfers)",
         "step_seconds",
     ),
+    (
+        "refserver_rank_ring_wait_seconds",
+        "Time of the rank's steps spent waiting for its ring neighbour's data",
+        "ring_wait_seconds",
+    ),
 )
 
 

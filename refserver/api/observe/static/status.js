@@ -72,7 +72,7 @@ function row(rank, before) {
   const kv = rank.kv_budget_bytes == null ? "–"
     : `${bytes(rank.kv_used_bytes)} / ${bytes(rank.kv_budget_bytes)}`;
   const cells = [`rank ${rank.rank}`, rank.host, layers, bytes(rank.memory_bytes), kv,
-    stepTime(rank, before), liveness(rank)];
+    stepTime(rank, before), ringWait(rank, before), liveness(rank)];
   for (const text of cells) {
     const td = document.createElement("td");
     td.textContent = text;
@@ -86,6 +86,14 @@ function stepTime(rank, before) {
   if (!before || rank.steps <= before.steps) return "idle";
   const seconds = (rank.step_seconds - before.step_seconds) / (rank.steps - before.steps);
   return (seconds * 1000).toFixed(1) + " ms";
+}
+
+// The share of the rank's step time spent waiting for its neighbour's data.
+function ringWait(rank, before) {
+  if (!before || rank.step_seconds <= before.step_seconds) return "–";
+  const share = (rank.ring_wait_seconds - before.ring_wait_seconds) /
+    (rank.step_seconds - before.step_seconds);
+  return Math.round(100 * Math.min(1, Math.max(0, share))) + " %";
 }
 
 function liveness(rank) {
