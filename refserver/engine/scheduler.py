@@ -65,6 +65,7 @@ class Scheduler:
         eos_token_ids: set[int],
         micro_batches: int = 1,
         max_batch: int = 8,
+        prefill_depth: int | None = None,
         chunks: ChunkSizer | None = None,
         prefix_cache_tokens: int = 0,
         kv_capacity_tokens: int | None = None,
@@ -80,7 +81,7 @@ class Scheduler:
         self.prefilling: deque[Sequence] = deque()
         # Prefill chunks issued and not yet read; one per stage keeps them all busy.
         self.prefill_in_flight = 0
-        self.prefill_depth = micro_batches
+        self.prefill_depth = prefill_depth or micro_batches
         self.members: dict[int, list[Sequence]] = {b: [] for b in range(micro_batches)}
         self.joining: dict[int, list[Sequence]] = {b: [] for b in range(micro_batches)}
         # Decode items in flight per micro-batch (two when one was issued ahead).
@@ -255,7 +256,7 @@ class Scheduler:
         emptiest), evicting cached prefixes while it does not fit; False: it waits."""
         while True:
             cost, _, batch = min(
-                (self._kv_positions(extra=(b, sequence)), len(self.members[b]), b)
+                (self._kv_positions(extra=(b, sequence)), self._sequences_in(b), b)
                 for b in self.members
             )
             if self.ledger is None or cost <= self.ledger.capacity_tokens:
@@ -263,6 +264,11 @@ class Scheduler:
                 return True
             if self.prefix_cache is None or not self.prefix_cache.evict_oldest():
                 return False
+
+    def _sequences_in(self, batch: int) -> int:
+        """The micro-batch's rows, with those that will join it once prefilled."""
+        prefilling = sum(1 for s in self.prefilling if s.batch == batch)
+        return len(self.members[batch]) + len(self.joining[batch]) + prefilling
 
     def _kv_positions(self, extra: tuple[int, Sequence] | None = None, cached=True) -> int:
         """KV positions every rank holds (or will) for rank 0's decisions so far, with
