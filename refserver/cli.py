@@ -53,13 +53,6 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max-queue", type=int, default=64, help="requests waiting beyond --max-batch; then 429")
     add("--max-batch", type=int, default=8, help="sequences decoded together")
     add(
-        "--micro-batches",
-        type=int,
-        default=None,
-        help="groups of sequences that take turns in the pipeline (default: 2 per rank on "
-        "the CPU, where a step's cost grows with its rows; 1 per rank on a GPU)",
-    )
-    add(
         "--prefill-chunk",
         default=DEFAULT_PREFILL_CHUNK,
         help="prompt tokens per prefill step: a count (512), or a time per step on the "
@@ -127,7 +120,6 @@ def make_config(args) -> ServerConfig:
         max_tokens_cap=args.max_tokens_cap,
         max_queue=args.max_queue,
         max_batch=args.max_batch,
-        micro_batches=args.micro_batches,
         max_body_bytes=args.max_body_bytes,
         client_timeout=args.client_timeout,
         api_keys=api_keys_from_env(args.api_key),

@@ -147,8 +147,6 @@ class ServerConfig:
     max_tokens_cap: int = 32768
     max_queue: int = 64
     max_batch: int = 8
-    # Groups of sequences that take turns in the pipeline (None: chosen for the device).
-    micro_batches: int | None = None
     max_body_bytes: int = 16 * 1024 * 1024
     # Seconds a client connection may stay silent before a request is complete.
     client_timeout: int = 60
@@ -180,8 +178,6 @@ class ServerConfig:
             raise ConfigError(f"--max-queue must be >= 1, got {self.max_queue}")
         if self.max_batch < 1:
             raise ConfigError(f"--max-batch must be >= 1, got {self.max_batch}")
-        if self.micro_batches is not None and self.micro_batches < 1:
-            raise ConfigError(f"--micro-batches must be >= 1, got {self.micro_batches}")
         if self.max_body_bytes < 1:
             raise ConfigError(f"--max-body-bytes must be >= 1, got {self.max_body_bytes}")
         if self.client_timeout < 1:

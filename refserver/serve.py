@@ -115,7 +115,6 @@ def _serve(config, slot, server, tokenizer, model_config) -> int:
         cluster,
         eos_token_ids=_eos_ids(tokenizer, model_config),
         max_batch=config.max_batch,
-        micro_batches=config.micro_batches,
         max_queue=config.max_queue,
         prefill_chunk=config.prefill_chunk,
         prefix_cache_tokens=config.prefix_cache_tokens,

@@ -4,7 +4,7 @@ On real ranks: test_reliability_kv_budget.py."""
 from __future__ import annotations
 
 import pytest
-from scheduler_helpers import VOCAB, events, run
+from scheduler_helpers import VOCAB, complete, events, run
 
 from refserver.engine.chunking import ChunkPolicy, ChunkSizer
 from refserver.engine.interface import Finished, GenerationRequest
@@ -126,6 +126,18 @@ def test_sequences_spread_over_micro_batches_by_what_they_cost():
     run(scheduler, steps=12)
     # A short sequence beside the long one would cost a row as long as the long one.
     assert long.batch != short.batch and short.batch == other.batch
+
+
+def test_prompts_admitted_together_go_to_different_micro_batches():
+    scheduler = Scheduler({VOCAB - 1}, micro_batches=2, chunks=ChunkSizer(ChunkPolicy(tokens=64)))
+    first, second = _sequence("a", 10, 5), _sequence("b", 10, 5, first=50)
+    scheduler.add(first)
+    scheduler.add(second)
+    body, last = scheduler.next_item(), scheduler.next_item()  # a's 9 tokens, then its last
+    complete(scheduler, body)
+    # b follows a into the pipeline before a has joined its micro-batch.
+    assert (last.seq, scheduler.next_item().seq) == ("a", "b")
+    assert first.batch != second.batch
 
 
 def test_the_entry_a_new_prompt_extends_is_evicted_last():

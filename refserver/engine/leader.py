@@ -50,21 +50,6 @@ log = logging.getLogger(__name__)
 FAIL_GRACE_SECONDS = 2.0
 
 
-def default_micro_batches(stages: int, device: mx.Device) -> int:
-    """Micro-batches for `stages` pipeline stages on `device`.
-
-    One per stage keeps every stage busy when a step's cost hardly depends on its
-    rows (a GPU: decode reads the weights once per step, so batches should stay
-    large). On the CPU a step's cost grows with its rows, and a stage waits while
-    a micro-batch's tokens make the round trip through rank 0's sampler: two per
-    stage fill those waits (2 ranks, 8 streams: +27 % with one prompt, +7 % with
-    distinct ones). One rank has no round trip to hide.
-    """
-    if stages > 1 and device.type == mx.DeviceType.cpu:
-        return 2 * stages
-    return stages
-
-
 class PipelineEngine:
     def __init__(
         self,
@@ -74,7 +59,6 @@ class PipelineEngine:
         max_queue: int = 64,
         prefill_chunk: ChunkPolicy | None = None,
         prefix_cache_tokens: int = 0,
-        micro_batches: int | None = None,
     ):
         config = cluster.config
         self.cluster = cluster
@@ -82,20 +66,15 @@ class PipelineEngine:
         prefill_chunk = prefill_chunk or ChunkPolicy.parse(DEFAULT_PREFILL_CHUNK)
         self.chunks = ChunkSizer(prefill_chunk)
         log.info("prefill chunks: %s; prefix cache: %d tokens", prefill_chunk, prefix_cache_tokens)
-        micro_batches = micro_batches or default_micro_batches(
-            cluster.world_size, mx.default_device()
-        )
-        log.info("micro-batches: %d over %d stages", micro_batches, cluster.world_size)
         self.scheduler = Scheduler(
             eos_token_ids,
-            micro_batches=micro_batches,
-            prefill_depth=cluster.world_size,
+            micro_batches=cluster.world_size,
             max_batch=max_batch,
             chunks=self.chunks,
             prefix_cache_tokens=prefix_cache_tokens,
         )
-        # An item in flight per micro-batch (at least one per stage keeps every stage busy).
-        self.depth = max(micro_batches, cluster.world_size)
+        # As many items in flight as there are stages keeps every stage busy.
+        self.depth = cluster.world_size
         self.max_open = max_batch + max_queue
         self.peers = dict(cluster.channels)
         self.first_stage = cluster.world_size - 1

@@ -65,7 +65,6 @@ class Scheduler:
         eos_token_ids: set[int],
         micro_batches: int = 1,
         max_batch: int = 8,
-        prefill_depth: int | None = None,
         chunks: ChunkSizer | None = None,
         prefix_cache_tokens: int = 0,
         kv_capacity_tokens: int | None = None,
@@ -81,7 +80,7 @@ class Scheduler:
         self.prefilling: deque[Sequence] = deque()
         # Prefill chunks issued and not yet read; one per stage keeps them all busy.
         self.prefill_in_flight = 0
-        self.prefill_depth = prefill_depth or micro_batches
+        self.prefill_depth = micro_batches
         self.members: dict[int, list[Sequence]] = {b: [] for b in range(micro_batches)}
         self.joining: dict[int, list[Sequence]] = {b: [] for b in range(micro_batches)}
         # Decode items in flight per micro-batch (two when one was issued ahead).
