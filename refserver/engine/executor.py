@@ -36,7 +36,6 @@ class StageExecutor:
         # The prefix cache: entry id -> a finished prompt's KV, for this rank's layers.
         self.entries: dict[int, list[KVCache]] = {}
         self.ring_wait = RingWaitClock()
-        self._unwaited: mx.array | None = None  # see _logits
 
     def run(self, item: WorkItem, inputs: mx.array | None = None) -> mx.array | None:
         """Apply `item`. The last stage returns lazy (rows, vocab) logits when the item
@@ -96,26 +95,14 @@ class StageExecutor:
         return None
 
     def _evaluate(self, out, received: mx.array | None) -> None:
-        """Evaluate `out`, timing the wait for its ring receive on the way: both are
-        queued first, so the layers follow the receive without waiting for this thread."""
-        if received is not None:
-            mx.async_eval(received)
-            mx.async_eval(out)
-            self.ring_wait.wait_for(received)
+        """Evaluate `out`, timing the wait for its ring receive first."""
+        self.ring_wait.wait_for(received)
         mx.eval(out)
 
     def _logits(self, out: mx.array, received: mx.array | None) -> mx.array:
-        """The last position's (lazy) logits; their receive starts now and its wait is
-        timed by wait_for_ring, once the caller has queued the sampling after it."""
-        if received is not None:
-            mx.async_eval(received)
-        self._unwaited = received
+        """The last position's (lazy) logits, once their ring receive has arrived."""
+        self.ring_wait.wait_for(received)
         return out[:, -1, :]
-
-    def wait_for_ring(self) -> None:
-        """Time the wait for the receive of the logits run last returned."""
-        self.ring_wait.wait_for(self._unwaited)
-        self._unwaited = None
 
     def _apply_cache_ops(self, ops: list[list]) -> None:
         for op in ops:

@@ -317,7 +317,6 @@ class PipelineEngine:
         sampling = self.scheduler.start_sampling(item, logits)
         if sampling is None and logits is not None:
             mx.eval(logits)  # unsampled (cancelled), but its ring receive must happen
-        self.executor.wait_for_ring()  # the sampling is queued: only the wait is timed
         return sampling
 
     def _broadcast(self, item) -> None:

@@ -20,18 +20,17 @@ from .liveness import StepWatchdog
 class RingWaitClock:
     """The time this rank spends waiting for its ring neighbour's data.
 
-    A step's receive is queued for evaluation on its own, then the rest of the step
-    after it; the rank's thread then waits for the receive alone before it waits for
-    the rest, which tells the wait from the compute with nothing more to compute and
-    no pause between the two.
+    A step's receive is evaluated on its own before the layers that use it (their
+    graph is built; nothing more is computed). Measured after queuing the layers
+    too, the wait would hide: MLX holds back a thread that queues more than a
+    bounded number of operations until the stream catches up, receive included.
     """
 
     def __init__(self):
         self.seconds = 0.0
 
     def wait_for(self, received: mx.array | None) -> None:
-        """Wait until `received` (a ring receive, already queued; None: nothing to
-        wait for) has arrived."""
+        """Evaluate `received` (a lazy ring receive; None: nothing to wait for)."""
         if received is None:
             return
         began = time.perf_counter()
