@@ -273,3 +273,29 @@ def test_the_index_counts_what_its_entries_hold_as_they_come_and_go():
         held = [tokens for tokens in index._entries.values()]
         assert index.cached_tokens == sum(len(tokens) for tokens in held) <= 700
         assert index.positions == sum(-(-len(tokens) // 256) * 256 for tokens in held)
+
+
+@pytest.mark.parametrize("running", [1, 2, 3])
+def test_while_streams_decode_one_chunk_enters_per_round_of_their_steps(running):
+    """A stage runs at most one chunk between two steps of a decoding micro-batch, so a
+    stream's gap is one chunk's time; the long prompt still gets through."""
+    scheduler = _scheduler(chunk=4, depth=2)
+    streams = [_sequence(f"s{i}", [40 + i, 41, 42], max_tokens=60) for i in range(running)]
+    for sequence in streams:
+        scheduler.add(sequence)
+    long_prompt = _sequence("long", list(range(1, 30)), max_tokens=1)
+
+    def add_once_they_decode(scheduler):
+        if scheduler.running() == running and long_prompt.sampler is None:
+            scheduler.add(long_prompt)
+
+    issued = run(scheduler, steps=400, in_flight=3, check=add_once_they_decode)
+    arrived = next(i for i, item in enumerate(issued) if getattr(item, "seq", "") == "long")
+    issued = issued[arrived:]
+    chunks = [i for i, item in enumerate(issued) if isinstance(item, Prefill)]
+    decoding = {sequence.batch for sequence in streams}
+    for before, after in zip(chunks, chunks[1:], strict=False):
+        stepped = {item.batch for item in issued[before:after] if isinstance(item, Decode)}
+        assert stepped == decoding, (before, after)
+    assert len(chunks) == 8  # 28 tokens in chunks of 4, then the last one
+    assert isinstance(events(long_prompt)[-1], Finished)

@@ -5,10 +5,11 @@ decoding), then join one of the micro-batches. Each micro-batch has at most one
 decode item in flight; with several micro-batches, several items are in the
 pipeline at once and every stage has work. A prompt's chunks follow each other
 into the pipeline (up to one per stage in flight), since every rank runs its
-items in order; once a prompt's chunks are all issued, the next waiting prompt
-follows them in, so the stages never wait for a prompt's last result. A prompt
-starts from the longest prefix the prefix cache holds (see prefix_cache), and is
-kept there once prefilled. Cancellations and finished
+items in order; while sequences decode, one chunk enters per round of their
+steps, so a stream waits for one chunk at a time. Once a prompt's chunks are all
+issued, the next waiting prompt follows them in, so the stages never wait for a
+prompt's last result. A prompt starts from the longest prefix the prefix cache
+holds (see prefix_cache), and is kept there once prefilled. Cancellations and finished
 sequences are dropped by the next item issued, which every rank runs after the
 items that still held them.
 """
@@ -81,6 +82,9 @@ class Scheduler:
         # Prefill chunks issued and not yet read; one per stage keeps them all busy.
         self.prefill_in_flight = 0
         self.prefill_depth = micro_batches
+        # Micro-batches that issued a decode step since the last prefill chunk: while
+        # sequences decode, one chunk per round of their steps (see _prefill_item).
+        self.decoded_since_prefill: set[int] = set()
         self.members: dict[int, list[Sequence]] = {b: [] for b in range(micro_batches)}
         self.joining: dict[int, list[Sequence]] = {b: [] for b in range(micro_batches)}
         # Decode items in flight per micro-batch (two when one was issued ahead).
@@ -174,6 +178,7 @@ class Scheduler:
         self.members[batch] = self.members[batch] + joiners
         self.joining[batch] = []
         self.busy[batch] += 1
+        self.decoded_since_prefill.add(batch)
         rows = list(self.members[batch])
         drop, cache_ops = self._take_drops()
         item = Decode(
@@ -204,7 +209,7 @@ class Scheduler:
         return tokens
 
     def _prefill_item(self) -> Prefill | None:
-        if self.prefill_in_flight >= self.prefill_depth:
+        if self.prefill_in_flight >= self.prefill_depth or not self._prefill_turn():
             return None
         reuse = None
         if not self.prefilling or _all_issued(self.prefilling[-1]):
@@ -223,12 +228,24 @@ class Scheduler:
         sequence.prefilled = end
         sequence.chunks_in_flight += 1
         self.prefill_in_flight += 1
+        self.decoded_since_prefill.clear()
         drop, cache_ops = self._take_drops()
         item = Prefill(sequence.id, prompt[start:end], end == len(prompt), drop, cache_ops, reuse)
         if item.final and self.prefix_cache is not None:
             # Kept once this chunk has run: the op leaves with the next item.
             self.prefix_cache.keep(sequence.id, prompt, self._cache_room())
         return item
+
+    def _prefill_turn(self) -> bool:
+        """Whether a prefill chunk may enter the pipeline now.
+
+        While sequences decode, every decoding micro-batch issues a step between two
+        chunks: a stage then runs at most one chunk between a micro-batch's steps, so a
+        running stream's gap is one chunk's time (with two chunks in a row, it was two
+        for the same prompt speed: the stages still alternate chunk and step).
+        """
+        decoding = {b for b in self.members if self.members[b] or self.joining[b]}
+        return decoding <= self.decoded_since_prefill
 
     def _chunk_end(self, start: int, length: int) -> int:
         """As mlx_lm.generate_step: the prompt but its last token in chunks, then that token."""
