@@ -6,6 +6,9 @@ import time
 
 from streams import Stream
 
+# OpenAI's limit on logit_bias entries, which the peers may enforce too.
+MAX_BIASED_TOKENS = 300
+
 
 class InProcessMLX:
     """mlx_lm's own generation (stream_generate, BatchGenerator), greedy, with no cache.
@@ -25,6 +28,27 @@ class InProcessMLX:
     @property
     def logit_bias(self) -> dict[int, float]:
         return dict.fromkeys(self.eos_ids, -100.0)
+
+    @property
+    def steady_text_bias(self) -> dict[int, float]:
+        """`logit_bias` with, also banned, the tokens whose text the server may hold back.
+
+        A random model emits them often: pieces of a multi-byte character (a quarter of
+        the small presets' vocabulary), held until the character completes; `<`, held
+        until the text shows it opens no tag (reasoning, a tool call); whitespace and
+        control characters, held until text follows; special tokens, which show no text.
+        The client then sees nothing for a few steps. A stream whose gaps between tokens
+        are measured bans them, so that a gap is one step. If they are too many for one
+        request's bias (a real model's vocabulary), they stay allowed.
+        """
+        held = [
+            token
+            for token in range(self.tokenizer.vocab_size)
+            if _may_be_held(self.tokenizer.decode([token], skip_special_tokens=True))
+        ]
+        if len(held) + len(self.eos_ids) > MAX_BIASED_TOKENS:
+            return self.logit_bias
+        return {**self.logit_bias, **dict.fromkeys(held, -100.0)}
 
     def prompt_tokens(self, messages: list[dict]) -> list[int]:
         return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
@@ -65,3 +89,7 @@ class InProcessMLX:
         for stream in streams:
             stream.completion_tokens = len(stream.arrivals)
         return streams
+
+
+def _may_be_held(text: str) -> bool:
+    return "\ufffd" in text or "<" in text or not text.strip() or not text.isprintable()

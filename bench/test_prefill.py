@@ -46,11 +46,12 @@ def _prefill_figures(stream: Stream) -> dict[str, float]:
 def test_stream_gap_beside_long_prompt(paired, target, baseline, workload):
     """A running stream's longest gap between tokens while a long prompt is read beside it.
 
-    gap_to_step_ratio: that gap ÷ the stream's usual gap (1: it did not notice; a random
-    model's output also pauses a few steps where text is held back, see `quiet_gap_s`, the
-    longest gap before the long prompt came);
+    gap_to_step_ratio: that gap ÷ the stream's usual gap (1: it did not notice;
+    `quiet_gap_s` is the longest gap before the long prompt came). The stream bans the
+    tokens the server would hold back (see InProcessMLX.steady_text_bias): a gap is a step;
     gap_to_prefill_ratio: that gap ÷ mlx_lm's time to read the prompt alone (about 1: the
-    stream waited for the whole prefill; well below: the prefill was cut into chunks).
+    stream waited for the whole prefill; well below: the prefill was cut into chunks);
+    beside_prefill_ratio: the long prompt's tok/s, read beside the stream, ÷ mlx_lm's alone.
     """
 
     def measure():
@@ -58,7 +59,8 @@ def test_stream_gap_beside_long_prompt(paired, target, baseline, workload):
 
     def reference():
         messages = long_prompt(baseline.tokenizer, workload.prompt_tokens)
-        return {"prefill_s": baseline.generate(messages, 1).time_to_first_token}
+        alone = baseline.generate(messages, 1)
+        return {"prefill_s": alone.time_to_first_token, "prefill_tok_s": alone.prefill_rate}
 
     paired.run(
         measure,
@@ -66,13 +68,14 @@ def test_stream_gap_beside_long_prompt(paired, target, baseline, workload):
         {
             "gap_to_step_ratio": ("longest_gap_s", "typical_gap_s"),
             "gap_to_prefill_ratio": ("longest_gap_s", "baseline_prefill_s"),
+            "beside_prefill_ratio": ("prefill_tok_s", "baseline_prefill_tok_s"),
         },
     )
 
 
 def _gap_beside(base_url: str, baseline, prompt_tokens: int) -> dict[str, float]:
     long_body = chat_body(long_prompt(baseline.tokenizer, prompt_tokens), 1, {})
-    body = chat_body(short_prompt(), BESIDE_STREAM_TOKENS, baseline.logit_bias)
+    body = chat_body(short_prompt(), BESIDE_STREAM_TOKENS, baseline.steady_text_bias)
     running = BackgroundStream(base_url, body)
     try:
         running.wait_for(STEPS_BEFORE)
@@ -85,4 +88,5 @@ def _gap_beside(base_url: str, baseline, prompt_tokens: int) -> dict[str, float]
         "longest_gap_s": max(stream.gaps(start=beside.started)),
         "typical_gap_s": statistics.median(quiet),
         "quiet_gap_s": max(quiet),
+        "prefill_tok_s": beside.prefill_rate,
     }
