@@ -132,17 +132,24 @@ def test_adapted_chunks_follow_the_speed_of_a_stage():
 
 
 @pytest.mark.parametrize(
-    "policy, body, decoding, stages, size",
+    "policy, body, decoding, stages, filling, size",
     [
-        (ChunkPolicy(tokens=64), 10_000, False, 2, 64),  # fixed: reproducible boundaries
-        (ChunkPolicy(seconds=0.25), 10_000, True, 2, FIRST_ADAPTED_TOKENS),  # the time target
-        (ChunkPolicy(seconds=0.25), 2000, False, 2, 250),  # idle: 4 chunks per stage
-        (ChunkPolicy(seconds=0.25), 100, False, 2, FIRST_ADAPTED_TOKENS),  # never below it
-        (ChunkPolicy(seconds=0.25), 100_000, False, 3, MAX_IDLE_TOKENS),
+        (ChunkPolicy(tokens=64), 10_000, False, 2, False, 64),  # fixed: reproducible boundaries
+        (ChunkPolicy(tokens=64), 10_000, True, 2, True, 64),
+        (ChunkPolicy(seconds=0.25), 10_000, True, 2, False, FIRST_ADAPTED_TOKENS),  # the target
+        # Into an empty pipeline beside streams: a share that crosses the stages in that time.
+        (ChunkPolicy(seconds=0.25), 10_000, True, 2, True, FIRST_ADAPTED_TOKENS // 2),
+        (ChunkPolicy(seconds=0.25), 10_000, True, 3, True, FIRST_ADAPTED_TOKENS // 3),
+        (ChunkPolicy(seconds=0.25), 10_000, True, 1, True, FIRST_ADAPTED_TOKENS),
+        (ChunkPolicy(seconds=0.25), 2000, False, 2, True, 250),  # idle: 4 chunks per stage
+        (ChunkPolicy(seconds=0.25), 100, False, 2, False, FIRST_ADAPTED_TOKENS),  # never below
+        (ChunkPolicy(seconds=0.25), 100_000, False, 3, False, MAX_IDLE_TOKENS),
     ],
 )
-def test_chunk_size_with_and_without_streams_decoding(policy, body, decoding, stages, size):
-    assert ChunkSizer(policy).size(body, decoding, stages) == size
+def test_chunk_size_with_and_without_streams_decoding(
+    policy, body, decoding, stages, filling, size
+):
+    assert ChunkSizer(policy).size(body, decoding, stages, filling) == size
 
 
 # -- the scheduler ------------------------------------------------------------

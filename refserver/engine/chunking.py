@@ -8,6 +8,9 @@ tests compare with mlx_lm prefilling in the same chunks); a time target adapts t
 size to the hardware: tens of tokens on a CPU, thousands on an M3 Ultra. The time
 target only matters while streams are decoding: with none running, a prompt is cut
 into a few chunks per stage (enough to keep every stage busy), as large as that allows.
+While streams decode, the first chunk into an empty pipeline is a 1/stages share: it
+crosses every stage before the step behind it can run, so a whole chunk made that
+step wait for every stage in turn.
 """
 
 from __future__ import annotations
@@ -68,11 +71,16 @@ class ChunkSizer:
         self.tokens = policy.tokens or FIRST_ADAPTED_TOKENS
         self._logged = self.tokens
 
-    def size(self, prompt_body: int, decoding: bool, stages: int) -> int:
+    def size(self, prompt_body: int, decoding: bool, stages: int, filling: bool = False) -> int:
         """Tokens for the next chunk of a prompt whose body (all but its last token) is
-        `prompt_body` long; `decoding`: streams are running beside it."""
-        if self.policy.tokens or decoding:
+        `prompt_body` long; `decoding`: streams are running beside it; `filling`: no
+        other chunk is in the pipeline."""
+        if self.policy.tokens:
             return self.tokens
+        if decoding:
+            # Into an empty pipeline, a chunk goes through every stage before the step
+            # queued behind it on the last one: a 1/stages share takes one chunk's time.
+            return max(1, self.tokens // stages) if filling else self.tokens
         share = -(-prompt_body // (IDLE_CHUNKS_PER_STAGE * stages))
         return max(self.tokens, min(MAX_IDLE_TOKENS, share))
 

@@ -252,7 +252,8 @@ class Scheduler:
         body = length - 1
         if start >= body:
             return length
-        size = self.chunks.size(body, decoding=self.running() > 0, stages=self.prefill_depth)
+        filling = not self.prefill_in_flight
+        size = self.chunks.size(body, self.running() > 0, self.prefill_depth, filling)
         return min(start + size, body)
 
     def _cached_prefix(self, sequence: Sequence) -> PrefixHit | None:
