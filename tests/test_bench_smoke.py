@@ -22,7 +22,11 @@ RATIOS = {
     "test_one_stream_decode": {"decode_ratio"},
     "test_concurrent_streams": {"aggregate_ratio", "aggregate_to_one_stream_ratio"},
     "test_long_prompt_prefill": {"prefill_ratio", "ttft_ratio"},
-    "test_stream_gap_beside_long_prompt": {"gap_to_step_ratio", "gap_to_prefill_ratio"},
+    "test_stream_gap_beside_long_prompt": {
+        "gap_to_step_ratio",
+        "gap_to_prefill_ratio",
+        "beside_prefill_ratio",
+    },
     "test_next_turn": {"next_turn_ttft_ratio", "repeat_ttft_ratio"},
     "test_idle_cpu": {"idle_cpu_core_ratio"},
     "test_constrained_decode": {"constrained_ratio"},
