@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 
 from streams import Stream
@@ -29,7 +30,7 @@ class InProcessMLX:
     def logit_bias(self) -> dict[int, float]:
         return dict.fromkeys(self.eos_ids, -100.0)
 
-    @property
+    @functools.cached_property
     def steady_text_bias(self) -> dict[int, float]:
         """`logit_bias` with, also banned, the tokens whose text the server may hold back.
 

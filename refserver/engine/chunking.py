@@ -71,7 +71,7 @@ class ChunkSizer:
         self.tokens = policy.tokens or FIRST_ADAPTED_TOKENS
         self._logged = self.tokens
 
-    def size(self, prompt_body: int, decoding: bool, stages: int, filling: bool = False) -> int:
+    def size(self, prompt_body: int, decoding: bool, stages: int, filling: bool) -> int:
         """Tokens for the next chunk of a prompt whose body (all but its last token) is
         `prompt_body` long; `decoding`: streams are running beside it; `filling`: no
         other chunk is in the pipeline."""
