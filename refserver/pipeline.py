@@ -18,6 +18,7 @@ from mlx_lm.models.base import create_attention_mask
 from mlx_lm.models.cache import KVCache
 from mlx_lm.utils import load_model
 
+from .expert_order import order_experts_on_cpu
 from .load_progress import LoadProgress
 from .split import PipelineSplit
 
@@ -42,6 +43,7 @@ class PipelineStage:
         self.is_last = split.is_last_stage(rank)
         inner = model.model
         self.layers = list(inner.layers[self.layer_range.start : self.layer_range.stop])
+        order_experts_on_cpu(self.layers)
         self.embed_tokens = inner.embed_tokens if self.is_first else None
         self.norm = inner.norm if self.is_last else None
         self.head = self._head(model) if self.is_last else None
