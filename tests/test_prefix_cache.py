@@ -218,6 +218,20 @@ def test_the_next_turn_reuses_the_prompt_and_the_output_before_it():
     assert _finished(turn).cached_tokens == len(PROMPT) + 2
 
 
+def test_a_hit_cuts_its_chunks_from_what_it_reads_not_from_the_whole_prompt():
+    # Idle, a prompt is cut into 4 chunks per stage; the next turn of a 2,000-token
+    # conversation reads 200 tokens: as one 200-token chunk, the stages took turns.
+    sizer = ChunkSizer(ChunkPolicy(seconds=0.25))
+    scheduler = Scheduler({EOS}, micro_batches=2, chunks=sizer, prefix_cache_tokens=10_000)
+    conversation = [1 + i % 50 for i in range(2000)]
+    scheduler.add(_sequence("a", conversation, max_tokens=1))
+    first = [len(item.tokens) for item in _run(scheduler) if isinstance(item, Prefill)]
+    assert first == [250] * 7 + [249, 1]
+    scheduler.add(_sequence("b", conversation + [60] * 200))
+    after_hit = [len(item.tokens) for item in _run(scheduler) if isinstance(item, Prefill)]
+    assert after_hit == [FIRST_ADAPTED_TOKENS, 199 - FIRST_ADAPTED_TOKENS, 1]  # 2,000 cached
+
+
 def test_keep_ops_leave_after_the_chunk_that_completes_the_prompt():
     scheduler = _scheduler(cache=1000)
     scheduler.add(_sequence("a", PROMPT, max_tokens=2))

@@ -71,17 +71,17 @@ class ChunkSizer:
         self.tokens = policy.tokens or FIRST_ADAPTED_TOKENS
         self._logged = self.tokens
 
-    def size(self, prompt_body: int, decoding: bool, stages: int, filling: bool) -> int:
-        """Tokens for the next chunk of a prompt whose body (all but its last token) is
-        `prompt_body` long; `decoding`: streams are running beside it; `filling`: no
-        other chunk is in the pipeline."""
+    def size(self, reads: int, decoding: bool, stages: int, filling: bool) -> int:
+        """Tokens for the next chunk of a prompt that reads `reads` tokens in chunks (all
+        but its last token and its cached prefix); `decoding`: streams are running beside
+        it; `filling`: no other chunk is in the pipeline."""
         if self.policy.tokens:
             return self.tokens
         if decoding:
             # Into an empty pipeline, a chunk goes through every stage before the step
             # queued behind it on the last one: a 1/stages share takes one chunk's time.
             return max(1, self.tokens // stages) if filling else self.tokens
-        share = -(-prompt_body // (IDLE_CHUNKS_PER_STAGE * stages))
+        share = -(-reads // (IDLE_CHUNKS_PER_STAGE * stages))
         return max(self.tokens, min(MAX_IDLE_TOKENS, share))
 
     def observe(self, tokens: int, seconds: float) -> None:

@@ -224,7 +224,7 @@ class Scheduler:
             reuse = self._start_from(self.prefilling[-1], hit)
         sequence = self.prefilling[-1]
         prompt = sequence.request.prompt_tokens
-        start, end = sequence.prefilled, self._chunk_end(sequence.prefilled, len(prompt))
+        start, end = sequence.prefilled, self._chunk_end(sequence)
         sequence.prefilled = end
         sequence.chunks_in_flight += 1
         self.prefill_in_flight += 1
@@ -247,13 +247,16 @@ class Scheduler:
         decoding = {b for b in self.members if self.members[b] or self.joining[b]}
         return decoding <= self.decoded_since_prefill
 
-    def _chunk_end(self, start: int, length: int) -> int:
-        """As mlx_lm.generate_step: the prompt but its last token in chunks, then that token."""
+    def _chunk_end(self, sequence: Sequence) -> int:
+        """As mlx_lm.generate_step: the prompt but its last token in chunks, then that
+        token. Chunks are cut from what the prompt reads: not its cached prefix."""
+        start, length = sequence.prefilled, len(sequence.request.prompt_tokens)
         body = length - 1
         if start >= body:
             return length
         filling = not self.prefill_in_flight
-        size = self.chunks.size(body, self.running() > 0, self.prefill_depth, filling)
+        reads = body - sequence.cached
+        size = self.chunks.size(reads, self.running() > 0, self.prefill_depth, filling)
         return min(start + size, body)
 
     def _cached_prefix(self, sequence: Sequence) -> PrefixHit | None:
