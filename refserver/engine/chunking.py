@@ -6,8 +6,9 @@ tokens. Larger chunks prefill a little faster (fewer items, bigger matrix produc
 much faster on a GPU). A fixed size keeps chunk boundaries reproducible (parity
 tests compare with mlx_lm prefilling in the same chunks); a time target adapts the
 size to the hardware: tens of tokens on a CPU, thousands on an M3 Ultra. The time
-target only matters while streams are decoding: with none running, a prompt is cut
-into a few chunks per stage (enough to keep every stage busy), as large as that allows.
+target only matters while streams are decoding: with none running, what a prompt reads
+(not its cached prefix) is cut into a few chunks per stage (enough to keep every stage
+busy), as large as that allows.
 While streams decode, the first chunk into an empty pipeline is a 1/stages share: it
 crosses every stage before the step behind it can run, so a whole chunk made that
 step wait for every stage in turn.
