@@ -83,7 +83,7 @@ class Scheduler:
         self.prefill_in_flight = 0
         self.prefill_depth = micro_batches
         # Micro-batches that issued a decode step since the last prefill chunk: while
-        # sequences decode, one chunk per round of their steps (see _prefill_item).
+        # sequences decode, one chunk per round of their steps (see _prefill_turn).
         self.decoded_since_prefill: set[int] = set()
         self.members: dict[int, list[Sequence]] = {b: [] for b in range(micro_batches)}
         self.joining: dict[int, list[Sequence]] = {b: [] for b in range(micro_batches)}
