@@ -16,7 +16,14 @@ from dataclasses import asdict
 from ..cluster import Cluster
 from ..control import ControlError
 from .executor import StageExecutor
-from .liveness import STOP_SIGNALS, StepWatchdog, exit_soon, is_ring_error, send_heartbeats
+from .liveness import (
+    IDLE_WAKE_SECONDS,
+    STOP_SIGNALS,
+    StepWatchdog,
+    exit_soon,
+    is_ring_error,
+    send_heartbeats,
+)
 from .rank_stats import own_stats
 from .work import from_message
 
@@ -56,7 +63,10 @@ def run_follower(cluster: Cluster) -> int:
     send_heartbeats([leader], config.heartbeat_interval, stop_beats, on_error=lost, stats=stats)
     inbox = read_leader(leader, config.heartbeat_timeout, lost)
     while True:
-        message = inbox.get()
+        try:
+            message = inbox.get(timeout=IDLE_WAKE_SECONDS)
+        except queue.Empty:
+            continue
         if message.get("type") == "shutdown":
             stop_beats.set()
             log.info("rank 0 shut the cluster down; exiting")

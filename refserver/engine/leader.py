@@ -32,6 +32,7 @@ from .interface import (
 from .kv_budget import KvLedger, RankKv
 from .liveness import (
     BLAME_DELAY_SECONDS,
+    IDLE_WAKE_SECONDS,
     StepWatchdog,
     exit_soon,
     is_ring_error,
@@ -278,7 +279,7 @@ class PipelineEngine:
             self.scheduler.flush()
             with self._wake:
                 if not self._inbox:
-                    self._wake.wait(timeout=0.5 if self.scheduler.active else None)
+                    self._wake.wait(timeout=0.5 if self.scheduler.active else IDLE_WAKE_SECONDS)
             return
         item = self.inflight.popleft()
         ahead = self.scheduler.decode_ahead(item)

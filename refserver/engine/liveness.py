@@ -26,6 +26,12 @@ BLAME_DELAY_SECONDS = 0.5
 # not SIGTERM, when the launcher is stopped.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
+# The longest an idle main thread sleeps before it looks again. Python runs a signal's
+# handler on the main thread between bytecodes: a stop signal that lands just before the
+# thread blocks in a wait without a timeout is only handled when something wakes it (a
+# CI run saw an idle rank 0 ignore SIGTERM until it was killed).
+IDLE_WAKE_SECONDS = 1.0
+
 
 class StepWatchdog:
     """Ends the process when one step (an MLX op) runs past its deadline.
