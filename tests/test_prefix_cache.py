@@ -132,24 +132,30 @@ def test_adapted_chunks_follow_the_speed_of_a_stage():
 
 
 @pytest.mark.parametrize(
-    "policy, body, decoding, stages, filling, size",
+    "policy, body, decoding, stages, ahead, size",
     [
-        (ChunkPolicy(tokens=64), 10_000, False, 2, False, 64),  # fixed: reproducible boundaries
-        (ChunkPolicy(tokens=64), 10_000, True, 2, True, 64),
-        (ChunkPolicy(seconds=0.25), 10_000, True, 2, False, FIRST_ADAPTED_TOKENS),  # the target
-        # Into an empty pipeline beside streams: a share that crosses the stages in that time.
-        (ChunkPolicy(seconds=0.25), 10_000, True, 2, True, FIRST_ADAPTED_TOKENS // 2),
-        (ChunkPolicy(seconds=0.25), 10_000, True, 3, True, FIRST_ADAPTED_TOKENS // 3),
-        (ChunkPolicy(seconds=0.25), 10_000, True, 1, True, FIRST_ADAPTED_TOKENS),
-        (ChunkPolicy(seconds=0.25), 2000, False, 2, True, 250),  # idle: 4 chunks per stage
-        (ChunkPolicy(seconds=0.25), 100, False, 2, False, FIRST_ADAPTED_TOKENS),  # never below
-        (ChunkPolicy(seconds=0.25), 100_000, False, 3, False, MAX_IDLE_TOKENS),
+        (ChunkPolicy(tokens=64), 10_000, False, 2, 64, 64),  # fixed: reproducible boundaries
+        (ChunkPolicy(tokens=64), 10_000, True, 2, 0, 64),
+        # Beside streams: the target, once a chunk of that size is ahead in the pipeline.
+        (ChunkPolicy(seconds=0.25), 10_000, True, 2, FIRST_ADAPTED_TOKENS, FIRST_ADAPTED_TOKENS),
+        # Into an empty pipeline: a share that crosses the stages in the target's time.
+        (ChunkPolicy(seconds=0.25), 10_000, True, 2, 0, FIRST_ADAPTED_TOKENS // 2),
+        (ChunkPolicy(seconds=0.25), 10_000, True, 3, 0, -(-FIRST_ADAPTED_TOKENS // 3)),
+        (ChunkPolicy(seconds=0.25), 10_000, True, 1, 0, FIRST_ADAPTED_TOKENS),
+        # Behind a smaller chunk: a 1/stages share of the difference more (64, 96, 112 ...).
+        (ChunkPolicy(seconds=0.25), 10_000, True, 2, 64, 96),
+        (ChunkPolicy(seconds=0.25), 10_000, True, 2, 96, 112),
+        (ChunkPolicy(seconds=0.25), 10_000, True, 2, 127, FIRST_ADAPTED_TOKENS),
+        (ChunkPolicy(seconds=0.25), 10_000, True, 4, 32, 56),
+        (ChunkPolicy(seconds=0.25), 10_000, True, 2, 1, 65),  # behind a prompt's last token
+        (ChunkPolicy(seconds=0.25), 2000, False, 2, 0, 250),  # idle: 4 chunks per stage
+        (ChunkPolicy(seconds=0.25), 2000, False, 2, 16, 250),
+        (ChunkPolicy(seconds=0.25), 100, False, 2, 0, FIRST_ADAPTED_TOKENS),  # never below
+        (ChunkPolicy(seconds=0.25), 100_000, False, 3, 0, MAX_IDLE_TOKENS),
     ],
 )
-def test_chunk_size_with_and_without_streams_decoding(
-    policy, body, decoding, stages, filling, size
-):
-    assert ChunkSizer(policy).size(body, decoding, stages, filling) == size
+def test_chunk_size_with_and_without_streams_decoding(policy, body, decoding, stages, ahead, size):
+    assert ChunkSizer(policy).size(body, decoding, stages, ahead) == size
 
 
 # -- the scheduler ------------------------------------------------------------
@@ -320,3 +326,16 @@ def test_while_streams_decode_one_chunk_enters_per_round_of_their_steps(running)
         assert stepped == decoding, (before, after)
     assert len(chunks) == 8  # 28 tokens in chunks of 4, then the last one
     assert isinstance(events(long_prompt)[-1], Finished)
+
+
+def test_beside_a_stream_a_prompts_chunks_grow_into_the_pipeline():
+    # Two stages: a whole chunk right behind a half made the last stage wait for it on
+    # the first; each chunk adds half of what the one ahead of it lacks.
+    sizer = ChunkSizer(ChunkPolicy(seconds=0.25))
+    scheduler = Scheduler({EOS}, micro_batches=2, chunks=sizer)
+    scheduler.add(_sequence("stream", [1, 2, 3], max_tokens=500))
+    run(scheduler, steps=6, in_flight=3)
+    scheduler.add(_sequence("prompt", [1 + i % 50 for i in range(1000)], max_tokens=1))
+    issued = run(scheduler, steps=40, in_flight=3)
+    chunks = [len(item.tokens) for item in issued if isinstance(item, Prefill)]
+    assert chunks == [64, 96, 112, 120, 124, 126, 127, 128, 102, 1], chunks

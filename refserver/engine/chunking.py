@@ -9,9 +9,12 @@ size to the hardware: tens of tokens on a CPU, thousands on an M3 Ultra. The tim
 target only matters while streams are decoding: with none running, what a prompt reads
 (not its cached prefix) is cut into a few chunks per stage (enough to keep every stage
 busy), as large as that allows.
-While streams decode, the first chunk into an empty pipeline is a 1/stages share: it
-crosses every stage before the step behind it can run, so a whole chunk made that
-step wait for every stage in turn.
+While streams decode, chunks grow into the pipeline: the first into an empty one is a
+1/stages share (it crosses every stage before the step behind it can run), and each
+next one adds a 1/stages share of what its predecessor lacks (1/2, 3/4, 7/8 ... on two
+stages). The last stage waits for a chunk longer than the one before it, by the
+difference, on every stage before it: with a whole chunk right after a half, a stream's
+gap was 1.5 chunks' time.
 """
 
 from __future__ import annotations
@@ -72,16 +75,16 @@ class ChunkSizer:
         self.tokens = policy.tokens or FIRST_ADAPTED_TOKENS
         self._logged = self.tokens
 
-    def size(self, reads: int, decoding: bool, stages: int, filling: bool) -> int:
+    def size(self, reads: int, decoding: bool, stages: int, ahead: int) -> int:
         """Tokens for the next chunk of a prompt that reads `reads` tokens in chunks (all
         but its last token and its cached prefix); `decoding`: streams are running beside
-        it; `filling`: no other chunk is in the pipeline."""
+        it; `ahead`: the tokens of the chunk in the pipeline before it (0: none)."""
         if self.policy.tokens:
             return self.tokens
         if decoding:
-            # Into an empty pipeline, a chunk goes through every stage before the step
-            # queued behind it on the last one: a 1/stages share takes one chunk's time.
-            return max(1, self.tokens // stages) if filling else self.tokens
+            if ahead >= self.tokens:
+                return self.tokens
+            return ahead + -(-(self.tokens - ahead) // stages)
         share = -(-reads // (IDLE_CHUNKS_PER_STAGE * stages))
         return max(self.tokens, min(MAX_IDLE_TOKENS, share))
 

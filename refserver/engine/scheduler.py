@@ -82,6 +82,7 @@ class Scheduler:
         # Prefill chunks issued and not yet read; one per stage keeps them all busy.
         self.prefill_in_flight = 0
         self.prefill_depth = micro_batches
+        self.last_chunk_tokens = 0  # the latest chunk issued: the next grows from it
         # Micro-batches that issued a decode step since the last prefill chunk: while
         # sequences decode, one chunk per round of their steps (see _prefill_turn).
         self.decoded_since_prefill: set[int] = set()
@@ -226,6 +227,7 @@ class Scheduler:
         prompt = sequence.request.prompt_tokens
         start, end = sequence.prefilled, self._chunk_end(sequence)
         sequence.prefilled = end
+        self.last_chunk_tokens = end - start
         sequence.chunks_in_flight += 1
         self.prefill_in_flight += 1
         self.decoded_since_prefill.clear()
@@ -254,9 +256,9 @@ class Scheduler:
         body = length - 1
         if start >= body:
             return length
-        filling = not self.prefill_in_flight
+        ahead = self.last_chunk_tokens if self.prefill_in_flight else 0
         reads = body - sequence.cached
-        size = self.chunks.size(reads, self.running() > 0, self.prefill_depth, filling)
+        size = self.chunks.size(reads, self.running() > 0, self.prefill_depth, ahead)
         return min(start + size, body)
 
     def _cached_prefix(self, sequence: Sequence) -> PrefixHit | None:
