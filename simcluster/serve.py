@@ -86,6 +86,11 @@ class ServerCluster:
         except (OSError, ValueError):
             return 0, {}
 
+    def status(self) -> dict:
+        """The body of /status: every rank's layers, memory and steps, the requests held."""
+        with urllib.request.urlopen(f"{self.root_url}/status", timeout=10) as response:
+            return json.loads(response.read())
+
     def wait_healthy(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

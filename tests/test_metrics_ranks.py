@@ -39,11 +39,6 @@ def samples(cluster) -> dict[tuple, float]:
     return found
 
 
-def status(cluster) -> dict:
-    with urllib.request.urlopen(f"{cluster.root_url}/status", timeout=10) as response:
-        return json.loads(response.read())
-
-
 def test_counters_match_a_known_set_of_requests(cluster, logs):
     before = samples(cluster)
     api = client(cluster)
@@ -113,7 +108,7 @@ def test_every_rank_reports_steps_memory_kv_and_heartbeats(cluster):
 
 
 def test_status_json_names_each_rank_with_its_layers(cluster):
-    snapshot = status(cluster)
+    snapshot = cluster.status()
     assert snapshot["ok"] is True and snapshot["model"]
     rank0, rank1 = snapshot["ranks"]
     assert (rank0["rank"], rank0["layers"], rank0["head"], rank0["embedding"]) == (

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import sys
-import urllib.request
 
 import pytest
 from rank_helpers import assert_in_step
@@ -31,7 +29,6 @@ def test_serves_with_the_printed_split(tiny_model):
         2, tiny_model, split=split, extra_args=("--kv-budget", kv_budget)
     ) as cluster:
         assert_in_step(cluster, tiny_model)
-        with urllib.request.urlopen(f"{cluster.root_url}/status", timeout=10) as response:
-            ranks = json.loads(response.read())["ranks"]
+        ranks = cluster.status()["ranks"]
         assert [rank["layers"] for rank in ranks] == [[1, 3], [0, 0]]
         assert all(rank["kv_budget_bytes"] == 1_000_000 for rank in ranks)

@@ -8,7 +8,6 @@ import select
 import socket
 import threading
 import time
-import urllib.request
 from contextlib import ExitStack
 
 import pytest
@@ -87,8 +86,7 @@ def test_health_and_429_with_more_streams_than_the_engine_admits(server):
 
 def open_requests(cluster) -> int:
     """Requests the engine holds: decoding, being prefilled or queued."""
-    with urllib.request.urlopen(f"{cluster.root_url}/status", timeout=5) as response:
-        requests = json.load(response)["requests"]
+    requests = cluster.status()["requests"]
     return requests["running"] + requests["waiting"]
 
 
