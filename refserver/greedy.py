@@ -46,7 +46,7 @@ def generate_greedy(
     first_rank = stage.split.world_size - 1
     for index in range(max_tokens):
         inputs = step_input.reshape(1, 1) if stage.is_first else None
-        out = stage.forward(inputs, cache, batch=1, length=1)
+        out, _ = stage.forward(inputs, cache, batch=1, length=1)
         more = index + 1 < max_tokens
         if stage.is_last:
             token = greedy_token(out)
@@ -68,4 +68,5 @@ def generate_greedy(
 
 def _run(stage: PipelineStage, cache: list, tokens: list[int], length: int) -> mx.array:
     inputs = mx.array([tokens], dtype=mx.int32) if stage.is_first else None
-    return stage.forward(inputs, cache, batch=1, length=length)
+    out, _ = stage.forward(inputs, cache, batch=1, length=length)
+    return out

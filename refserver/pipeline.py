@@ -85,15 +85,19 @@ class PipelineStage:
         """A KV cache for this rank's own layers only."""
         return [KVCache() for _ in self.layers]
 
-    def forward(self, tokens: mx.array | None, cache: list, batch: int, length: int) -> mx.array:
+    def forward(
+        self, tokens: mx.array | None, cache: list, batch: int, length: int, last_only: bool = False
+    ) -> tuple[mx.array, mx.array | None]:
         """Run this stage for a (batch, length) block of positions.
 
-        The first stage embeds `tokens`; other stages receive hidden states from
-        rank+1. Non-last stages return the (lazy) send to rank-1; the last stage
-        returns logits for every position. The caller evaluates the result.
+        The first stage embeds `tokens` (batch, length); other stages receive hidden
+        states from rank+1. Returns the stage's lazy output (see `through`) and the ring
+        receive it waits for (None on the first stage). The caller evaluates them.
         """
-        h = self.embed_tokens(tokens) if self.is_first else self.receive(batch, length)
-        return self.through(h, cache)
+        if self.is_first:
+            return self.through(self.embed_tokens(tokens), cache, last_only), None
+        received = self.receive(batch, length)
+        return self.through(received, cache, last_only), received
 
     def receive(self, batch: int, length: int) -> mx.array:
         """The (lazy) hidden states rank+1 sends for a (batch, length) block."""

@@ -155,14 +155,12 @@ class StageExecutor:
     ) -> tuple[mx.array, mx.array | None]:
         """The stage's lazy output, and the ring receive it waits for (None on the
         first stage, which embeds `tokens`)."""
-        stage = self.stage
-        if not stage.is_first:
-            received = stage.receive(batch, length)
-            return stage.through(received, cache, last_only), received
-        inputs = tokens if isinstance(tokens, mx.array) else mx.array(tokens, dtype=mx.int32)
-        if inputs.ndim == 1:
-            inputs = inputs[None]
-        return stage.through(stage.embed_tokens(inputs), cache, last_only), None
+        inputs = None
+        if self.stage.is_first:
+            inputs = tokens if isinstance(tokens, mx.array) else mx.array(tokens, dtype=mx.int32)
+            if inputs.ndim == 1:
+                inputs = inputs[None]
+        return self.stage.forward(inputs, cache, batch, length, last_only)
 
 
 def _prefix_of(cache: KVCache, length: int) -> KVCache:
