@@ -85,8 +85,10 @@ class FakeEngine:
         gate: threading.Event | None = None,
         fail_after: int | None = None,
         cached_tokens: int = 0,
+        queued: threading.Event | None = None,
     ):
         self.tokens = tokens
+        self.queued = queued  # while clear, requests wait in the queue (not admitted)
         self.eos_id = eos_id
         self.delay = delay
         self.gate = gate
@@ -117,7 +119,12 @@ class FakeEngine:
         prompt = len(request.prompt_tokens)
         emitted = 0
         try:
-            yield PrefillProgress(prompt, prompt)
+            while self.queued is not None and not self.queued.wait(0.01):
+                if request.id in self.cancelled:
+                    return
+            # As the scheduler does: admitted (the cached prefix known), then prefilled.
+            yield PrefillProgress(self.cached_tokens, prompt, self.cached_tokens)
+            yield PrefillProgress(prompt, prompt, self.cached_tokens)
             if self.gate is not None:
                 while not self.gate.wait(0.01):
                     if request.id in self.cancelled:

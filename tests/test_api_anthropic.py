@@ -7,6 +7,7 @@ SSE events, count_tokens, errors and auth."""
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 from agent_fakes import prompt_of, scripted, tiny_tokenizer, tool_block
@@ -91,6 +92,36 @@ def test_stream_events(tiny_tokenizer):
     final = events[-2][1]
     assert final["delta"] == {"stop_reason": "tool_use", "stop_sequence": None}
     assert final["usage"]["output_tokens"] > 0
+
+
+def test_stream_start_and_end_split_the_prompt_alike(tiny_tokenizer):
+    """message_start's usage already counts the cache reads apart from input_tokens, as
+    message_delta's does: a client summing one event's fields with the other's counts
+    every prompt token once."""
+    engine = FakeEngine(tiny_tokenizer.encode("</think>Hi"), cached_tokens=5)
+    client = create_app(engine, tiny_tokenizer, settings(context_length=4096)).test_client()
+    events = dict(_sse(_post(client, stream=True)))
+    start, end = events["message_start"]["message"]["usage"], events["message_delta"]["usage"]
+    prompt = len(engine.requests[-1].prompt_tokens)
+    split = {"input_tokens": prompt - 5, "cache_read_input_tokens": 5}
+    assert {key: start[key] for key in split} == split == {key: end[key] for key in split}
+    assert (start["output_tokens"], start["cache_creation_input_tokens"]) == (0, 0)
+
+
+def test_a_queued_stream_keeps_alive_with_comments_until_message_start(tiny_tokenizer):
+    """message_start waits for admission; before it, a `ping` event would be an event
+    before message_start (clients that check the order reject that), so SSE comments."""
+    queued = threading.Event()
+    engine = FakeEngine(tiny_tokenizer.encode("</think>Hi"), queued=queued)
+    app = create_app(engine, tiny_tokenizer, settings(context_length=4096, keepalive_seconds=0.05))
+    threading.Timer(0.4, queued.set).start()
+    raw = _post(app.test_client(), stream=True).get_data()
+    before, after = raw.split(b"event: message_start", 1)
+    assert before.count(b": keep-alive\n\n") >= 3 and b"event:" not in before
+    assert [name for name, _ in _sse(_post(app.test_client(), stream=True))][:2] == [
+        "message_start",
+        "ping",
+    ]
 
 
 @pytest.mark.parametrize("stream", [False, True])

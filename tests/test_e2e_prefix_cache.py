@@ -155,6 +155,13 @@ def test_anthropic_reports_the_cache_read(cluster):
     # Anthropic counts the tokens read from the cache apart from input_tokens.
     prompt = first.input_tokens + first.cache_read_input_tokens
     assert (again.cache_read_input_tokens, again.input_tokens) == (prompt - 1, 1)
+    # Streamed, message_start already splits the prompt as message_delta does.
+    with messages_client.messages.stream(**body) as stream:
+        events = list(stream)
+    start = events[0].message.usage
+    assert events[0].type == "message_start"
+    assert (start.cache_read_input_tokens, start.input_tokens) == (prompt - 1, 1)
+    assert stream.get_final_message().usage.cache_read_input_tokens == prompt - 1
 
 
 def test_concurrent_requests_with_a_shared_prefix_prefill_it_once(client, model, tokenizer):

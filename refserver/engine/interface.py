@@ -93,10 +93,12 @@ class TokenEvent:
 
 @dataclass(frozen=True)
 class PrefillProgress:
-    """Prompt processing progress; lets the API send keep-alives."""
+    """Prompt processing progress; lets the API send keep-alives. The first comes when
+    the engine admits the prompt, before any of it is computed."""
 
-    processed: int
+    processed: int  # prompt tokens in the KV cache: those reused plus those computed
     total: int
+    cached: int = 0  # prompt tokens reused from the prefix cache, known from admission
 
 
 @dataclass(frozen=True)

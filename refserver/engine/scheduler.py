@@ -223,6 +223,7 @@ class Scheduler:
             self.prefilling.append(self.waiting.popleft())
             self.prefilling[-1].admitted_at = time.monotonic()
             reuse = self._start_from(self.prefilling[-1], hit)
+            self._emit_progress(self.prefilling[-1])
         sequence = self.prefilling[-1]
         prompt = sequence.request.prompt_tokens
         start, end = sequence.prefilled, self._chunk_end(sequence)
@@ -357,6 +358,10 @@ class Scheduler:
     def _emit(self, sequence: Sequence, event) -> None:
         self.outbox.append((sequence, event))
 
+    def _emit_progress(self, sequence: Sequence) -> None:
+        total = len(sequence.request.prompt_tokens)
+        self._emit(sequence, PrefillProgress(sequence.processed, total, sequence.cached))
+
     def _prefilling(self, seq_id: str) -> Sequence:
         return next(s for s in self.prefilling if s.id == seq_id)
 
@@ -369,8 +374,7 @@ class Scheduler:
                 self.prefilling.remove(sequence)
             return
         sequence.processed += len(item.tokens)
-        total = len(sequence.request.prompt_tokens)
-        self._emit(sequence, PrefillProgress(sequence.processed, total))
+        self._emit_progress(sequence)
         if not item.final:
             return
         self.prefilling.remove(sequence)

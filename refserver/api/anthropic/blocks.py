@@ -14,7 +14,7 @@ from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
-from refserver.api.shared.generation import KeepAlive, Outcome, Pieces, TextPiece
+from refserver.api.shared.generation import Admitted, KeepAlive, Outcome, Pieces, TextPiece
 from refserver.api.shared.message import MessageBuilder
 from refserver.tools import OutputEvent, ReasoningDelta, ToolCallEvent
 
@@ -25,7 +25,7 @@ StreamEvent = tuple[str, dict[str, Any]]  # (event name, data)
 class MessageMeta:
     id: str
     model: str
-    input_tokens: int  # the prompt, for message_start before usage is final
+    prompt_tokens: int  # the whole prompt, cached or not
 
     def message(self, **fields: Any) -> dict[str, Any]:
         header = {"id": self.id, "type": "message", "role": "assistant", "model": self.model}
@@ -83,14 +83,18 @@ def stop_reason(finish_reason: str, outcome: Outcome) -> str:
     return "stop_sequence" if outcome.stop_sequence else "end_turn"
 
 
-def usage(outcome: Outcome) -> dict[str, int]:
+def usage(prompt_tokens: int, cached_tokens: int, output_tokens: int) -> dict[str, int]:
     """Anthropic counts cached prompt tokens apart from input_tokens."""
     return {
-        "input_tokens": outcome.prompt_tokens - outcome.cached_tokens,
-        "output_tokens": outcome.completion_tokens,
-        "cache_read_input_tokens": outcome.cached_tokens,
+        "input_tokens": prompt_tokens - cached_tokens,
+        "output_tokens": output_tokens,
+        "cache_read_input_tokens": cached_tokens,
         "cache_creation_input_tokens": 0,
     }
+
+
+def final_usage(outcome: Outcome) -> dict[str, int]:
+    return usage(outcome.prompt_tokens, outcome.cached_tokens, outcome.completion_tokens)
 
 
 def message_reply(meta: MessageMeta, pieces: Pieces, builder: MessageBuilder) -> dict[str, Any]:
@@ -111,33 +115,42 @@ def message_reply(meta: MessageMeta, pieces: Pieces, builder: MessageBuilder) ->
         content=content.blocks,
         stop_reason=stop_reason(builder.finish_reason(outcome.finish_reason), outcome),
         stop_sequence=outcome.stop_sequence,
-        usage=usage(outcome),
+        usage=final_usage(outcome),
     )
 
 
 def message_events(
     meta: MessageMeta, pieces: Pieces, builder: MessageBuilder
 ) -> Iterator[StreamEvent | KeepAlive]:
-    """The events of a stream: message_start, ping, the blocks, message_delta, message_stop."""
-    start_usage = {"input_tokens": meta.input_tokens, "output_tokens": 0}
-    message = meta.message(content=[], stop_reason=None, stop_sequence=None, usage=start_usage)
-    yield "message_start", {"type": "message_start", "message": message}
-    yield "ping", {"type": "ping"}
+    """The events of a stream: message_start, ping, the blocks, message_delta, message_stop.
+
+    message_start waits for the engine to admit the prompt: its usage then splits the
+    prompt into input and cache reads as message_delta's does (keep-alive comments
+    hold the connection open while the request queues)."""
     content = ContentBlocks()
+    started = False
     with closing(pieces):
         for item in pieces:
             if isinstance(item, KeepAlive):
-                yield item
+                yield item if started else KeepAlive(comment=True)
+            elif isinstance(item, Admitted):
+                started = True
+                start_usage = usage(meta.prompt_tokens, item.cached_tokens, 0)
+                message = meta.message(
+                    content=[], stop_reason=None, stop_sequence=None, usage=start_usage
+                )
+                yield "message_start", {"type": "message_start", "message": message}
+                yield "ping", {"type": "ping"}
             elif isinstance(item, TextPiece):
                 for event in builder.feed(item.text):
                     yield from content.add(event)
-            else:
+            elif isinstance(item, Outcome):
                 for event in builder.finish():
                     yield from content.add(event)
                 yield from content.close()
                 reason = stop_reason(builder.finish_reason(item.finish_reason), item)
                 delta = {"stop_reason": reason, "stop_sequence": item.stop_sequence}
-                final = {"type": "message_delta", "delta": delta, "usage": usage(item)}
+                final = {"type": "message_delta", "delta": delta, "usage": final_usage(item)}
                 yield "message_delta", final
                 yield "message_stop", {"type": "message_stop"}
 

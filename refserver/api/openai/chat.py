@@ -62,20 +62,19 @@ def chat_chunks(
         for item in pieces:
             if isinstance(item, KeepAlive):
                 yield item
-                continue
-            if isinstance(item, TextPiece):
+            elif isinstance(item, TextPiece):
                 if top_logprobs is not None:
                     entries += chat_logprobs(item.tokens, vocab, top_logprobs)
                 for event in builder.feed(item.text):
                     yield _chunk(meta, delta(event), entries)
                     entries = []
-                continue
-            for event in builder.finish():
-                yield _chunk(meta, delta(event), entries)
-                entries = []
-            yield _chunk(meta, {}, entries, builder.finish_reason(item.finish_reason))
-            if include_usage:
-                yield usage_chunk(meta, CHUNK, item)
+            elif isinstance(item, Outcome):
+                for event in builder.finish():
+                    yield _chunk(meta, delta(event), entries)
+                    entries = []
+                yield _chunk(meta, {}, entries, builder.finish_reason(item.finish_reason))
+                if include_usage:
+                    yield usage_chunk(meta, CHUNK, item)
 
 
 def _chunk(

@@ -55,7 +55,7 @@ def completion_chunks(
                     logprobs = completion_logprobs(item.tokens, vocab, top_logprobs, offset)
                     offset += sum(len(text) for text in logprobs["tokens"])
                 yield _chunk(meta, _choice(item.text, logprobs, None))
-            else:
+            elif isinstance(item, Outcome):
                 yield _chunk(meta, _choice("", None, item.finish_reason))
                 if include_usage:
                     yield usage_chunk(meta, OBJECT, item)

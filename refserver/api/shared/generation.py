@@ -1,9 +1,11 @@
 """Run one engine request and turn its events into text pieces and an outcome.
 
 Both wire formats (chat, completions) and both modes (JSON, SSE) consume
-``generate``: it yields ``TextPiece`` (visible text plus the tokens behind it),
-``KeepAlive`` when nothing happened for a while, and one final ``Outcome``; it raises
-``GenerationFailed`` when the engine fails the request. Closing it cancels the request.
+``generate``: it yields ``Admitted`` once the engine has admitted the prompt (and
+so knows how much of it its prefix cache serves), ``TextPiece`` (visible text plus the
+tokens behind it), ``KeepAlive`` when nothing happened for a while, and one final
+``Outcome``; it raises ``GenerationFailed`` when the engine fails the request. Closing
+it cancels the request.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from refserver.engine.interface import (
     Event,
     Finished,
     GenerationRequest,
+    PrefillProgress,
     TokenEvent,
 )
 
@@ -42,7 +45,17 @@ class TextPiece:
 
 @dataclass(frozen=True)
 class KeepAlive:
-    pass
+    # As an SSE comment whatever the wire format: an Anthropic stream's `ping` event
+    # must not come before its message_start.
+    comment: bool = False
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """The engine took the prompt in; `cached_tokens` of it come from the prefix cache
+    (the count the Outcome reports too). Comes once, before any TextPiece or Outcome."""
+
+    cached_tokens: int
 
 
 @dataclass(frozen=True)
@@ -54,7 +67,7 @@ class Outcome:
     stop_sequence: str | None = None  # the stop string that ended the text, if one did
 
 
-Pieces = Iterator[TextPiece | KeepAlive | Outcome]
+Pieces = Iterator[Admitted | TextPiece | KeepAlive | Outcome]
 
 
 class GenerationFailed(Exception):
@@ -130,12 +143,13 @@ def generate(
     prompt_tokens: int,
     keepalive_seconds: float,
     client_gone: Callable[[], bool] = lambda: False,
-) -> Iterator[TextPiece | KeepAlive | Outcome]:
+) -> Pieces:
     """Drive one request to its end; see the module docstring.
 
     client_gone: the WSGI server's disconnect check; a client that left cancels the request.
     """
     completion_tokens = 0
+    admitted = False
     pending: list[TokenEvent] = []
     last_output = time.monotonic()
     try:
@@ -151,6 +165,9 @@ def generate(
                 continue
             if isinstance(event, ErrorEvent):
                 raise GenerationFailed(event.message, event.code)
+            if not admitted:  # an engine may skip the progress events: never skip this
+                admitted = True
+                yield Admitted(_cached_tokens(event))
             if isinstance(event, Finished):
                 yield from _finish(event, text, pending)
                 return
@@ -169,6 +186,13 @@ def generate(
                 return
     finally:
         pump.close()
+
+
+def _cached_tokens(event: Event) -> int:
+    """The prompt's tokens from the prefix cache, as far as `event` tells (a token: 0)."""
+    if isinstance(event, PrefillProgress):
+        return event.cached
+    return event.cached_tokens if isinstance(event, Finished) else 0
 
 
 def _finish(

@@ -73,7 +73,10 @@ def event_stream(
     yield b""
     try:
         for chunk in chunks:
-            yield fmt.keepalive if isinstance(chunk, KeepAlive) else fmt.encode(chunk)
+            if isinstance(chunk, KeepAlive):
+                yield KEEPALIVE if chunk.comment else fmt.keepalive
+            else:
+                yield fmt.encode(chunk)
     except GenerationFailed as exc:
         log.warning("request %s failed while streaming: %s", request_id, exc.message)
         yield fmt.error(exc.status, exc.message, exc.code)
