@@ -33,7 +33,7 @@ def secured(engine, tokenizer):
         {"Authorization": "Basic key-one"},
         {"Authorization": "Bearer key-on"},
         {"Authorization": "Bearer ключ"},
-        {"x-api-key": "key-one"},
+        {"x-api-key": "wrong"},
     ],
 )
 @pytest.mark.parametrize(
@@ -49,9 +49,10 @@ def test_requests_without_a_valid_key_are_refused(secured, engine, headers, meth
 
 
 @pytest.mark.parametrize("key", KEYS)
-@pytest.mark.parametrize("scheme", ["Bearer", "bearer"])
-def test_every_configured_key_is_accepted(secured, key, scheme):
-    headers = {"Authorization": f"{scheme} {key}"}
+@pytest.mark.parametrize("how", ["Bearer", "bearer", "x-api-key"])
+def test_every_configured_key_is_accepted(secured, key, how):
+    """As a bearer token or, as Anthropic clients send it (also to /v1/models), x-api-key."""
+    headers = {"x-api-key": key} if how == "x-api-key" else {"Authorization": f"{how} {key}"}
     assert secured.get("/v1/models", headers=headers).status_code == 200
     assert secured.post(CHAT, headers=headers, json=BODY).status_code == 200
 
@@ -101,10 +102,29 @@ def test_cors_with_allowed_origins(engine, tokenizer, allowed, origin, granted):
     if granted:
         assert "authorization" in preflight.headers["Access-Control-Allow-Headers"].lower()
         assert "Origin" in response.headers["Vary"]
+        assert "request-id" in response.headers["Access-Control-Expose-Headers"].split(", ")
     # Error responses carry the CORS headers too, so a browser can read them.
     refused = client.post(CHAT, json=BODY, headers={"Origin": origin})
     assert refused.status_code == 401
     assert (refused.headers.get("Access-Control-Allow-Origin") == origin) is granted
+
+
+def test_a_preflight_is_granted_the_headers_it_asks_for(engine, tokenizer):
+    """The SDKs send headers of their own (openai's x-stainless-*, anthropic's
+    anthropic-dangerous-direct-browser-access): a browser refuses a request whose
+    preflight did not allow every one of them."""
+    app = create_app(engine, tokenizer, settings(allowed_origins=("http://app.example",)))
+    asked = "authorization, content-type, x-stainless-os, anthropic-dangerous-direct-browser-access"
+    preflight = app.test_client().options(
+        CHAT,
+        headers={
+            "Origin": "http://app.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": asked,
+        },
+    )
+    assert preflight.headers["Access-Control-Allow-Headers"] == asked
+    assert "Access-Control-Request-Headers" in preflight.headers["Vary"]
 
 
 def test_prompts_are_not_logged_at_info(engine, tokenizer, caplog):

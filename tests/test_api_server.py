@@ -175,6 +175,20 @@ def test_server_level_errors_are_error_objects(serve, headers, body, status, cod
     assert reply.choices[0].message.content == TEXT
 
 
+def test_server_level_errors_on_anthropic_routes_are_anthropic_error_objects(serve):
+    """waitress refuses a body over the limit before the app sees it; on /v1/messages the
+    error is still Anthropic's shape, with both request id headers."""
+    port = serve(_engine(), max_body_bytes=1000)
+    sock = _post(port, b"{", path="/v1/messages", headers={"Content-Length": "52428800"})
+    head = _read_until(sock, b"\r\n\r\n").partition(b"\r\n\r\n")[0].lower()
+    sock.close()
+    status, payload = _response(_post(port, b"{", "/v1/messages", {"Content-Length": "2000"}))
+    assert status == 413 and payload["type"] == "error"
+    assert payload["error"]["type"] == "request_too_large"
+    assert "at most 1000 bytes" in payload["error"]["message"]
+    assert b"\r\nrequest-id: " in head and b"\r\nx-request-id: " in head
+
+
 @pytest.mark.parametrize("size, status", [(1000, 200), (1001, 413)])
 def test_body_limit_is_exact_and_named_exactly(serve, size, status):
     port = serve(_engine(), max_body_bytes=1000)
@@ -272,6 +286,7 @@ def test_health_through_the_server(serve):
     connection.request("GET", "/health")
     response = connection.getresponse()
     assert response.status == 200 and json.loads(response.read())["status"] == "ok"
+    assert response.getheader("x-request-id") == response.getheader("request-id")
     assert response.getheader("x-request-id")
 
 

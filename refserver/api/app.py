@@ -18,7 +18,7 @@ from flask import Flask, Response, g, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
-from refserver.api.anthropic.routes import MESSAGES_PATH, AnthropicRoutes
+from refserver.api.anthropic.routes import AnthropicRoutes, is_anthropic_path
 from refserver.api.errors import ApiError
 from refserver.api.observe.metrics import ServerMetrics
 from refserver.api.observe.observed_engine import ObservedEngine
@@ -89,7 +89,7 @@ def _collapse_slashes(wsgi_app: WsgiApp) -> WsgiApp:
 
 
 def _is_anthropic_route() -> bool:
-    return request.path == MESSAGES_PATH or request.path.startswith(MESSAGES_PATH + "/")
+    return is_anthropic_path(request.path)
 
 
 def _health(engine: Engine) -> Response:
@@ -125,15 +125,16 @@ def _start_request() -> None:
 
 
 def _authenticate(api_keys: tuple[str, ...]) -> None:
-    """Every route but the open ones needs `Authorization: Bearer <key>` when keys are set;
-    the Anthropic routes also take `x-api-key: <key>`, as Anthropic clients send it."""
+    """Every route but the open ones needs the key when keys are set, as
+    `Authorization: Bearer <key>` or as `x-api-key: <key>` (how Anthropic clients send
+    it, also to /v1/models)."""
     if not api_keys or request.method == "OPTIONS" or _is_open(request.path):
         return
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     given = [token.strip()] if scheme.lower() == "bearer" else []
+    given.append(request.headers.get("x-api-key", "").strip())
     how = "'Authorization: Bearer <key>'"
     if _is_anthropic_route():
-        given.append(request.headers.get("x-api-key", "").strip())
         how = "'x-api-key: <key>' or " + how
     # Compare with every key, in constant time, so timing reveals nothing about them.
     matches = [hmac.compare_digest(c.encode(), key.encode()) for c in given for key in api_keys]
@@ -159,15 +160,21 @@ def _count(response: Response, metrics: ServerMetrics) -> Response:
 
 def _finish_response(response: Response, allowed_origins: tuple[str, ...]) -> Response:
     request_id = g.get("request_id", "")
-    response.headers["x-request-id"] = request_id
+    # The openai SDKs read x-request-id, the anthropic ones request-id.
+    response.headers["x-request-id"] = response.headers["request-id"] = request_id
     origin = request.headers.get("Origin")
     if origin and ("*" in allowed_origins or origin in allowed_origins):
         response.headers["Access-Control-Allow-Origin"] = origin
-        response.headers["Access-Control-Allow-Headers"] = _CORS_HEADERS
+        # A preflight's own list: the SDKs' headers (x-stainless-*, anthropic-dangerous-
+        # direct-browser-access, ...) grow with their versions, and one missing from a
+        # fixed list makes the browser refuse the request.
+        asked = request.headers.get("Access-Control-Request-Headers", "").strip()
+        response.headers["Access-Control-Allow-Headers"] = asked or _CORS_HEADERS
         response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
-        response.headers["Access-Control-Expose-Headers"] = "x-request-id"
+        response.headers["Access-Control-Expose-Headers"] = "x-request-id, request-id"
         response.headers["Access-Control-Max-Age"] = "600"
         response.vary.add("Origin")
+        response.vary.add("Access-Control-Request-Headers")
     elapsed_ms = (time.monotonic() - g.get("started", time.monotonic())) * 1000
     polled = _is_open(request.path) or request.path == "/status"  # monitors, the status page
     level = logging.DEBUG if polled else logging.INFO

@@ -23,7 +23,8 @@ from waitress.server import BaseWSGIServer, MultiSocketServer
 from waitress.task import ErrorTask
 from waitress.utilities import RequestEntityTooLarge
 
-from refserver.api.errors import error_body
+from refserver.api.anthropic.routes import is_anthropic_path
+from refserver.api.errors import ApiError
 from refserver.api.request_body import too_large_message
 from refserver.api.settings import ApiSettings
 
@@ -150,10 +151,15 @@ class _JsonErrorTask(ErrorTask):
         message = f"{error.reason}: {error.body}"
         if isinstance(error, RequestEntityTooLarge):  # waitress names its limit, one above ours
             message = too_large_message(self.channel.adj.max_request_body_size - 1)
-        body = json.dumps(error_body(error.code, message, code=code)).encode()
+        api_error = ApiError(error.code, message, code=code)
+        path = getattr(self.request, "path", "") or ""
+        anthropic = is_anthropic_path(path)
+        body = json.dumps(api_error.anthropic_body() if anthropic else api_error.body()).encode()
         self.status = f"{error.code} {error.reason}"
         self.response_headers.append(("Content-Type", "application/json"))
-        self.response_headers.append(("x-request-id", uuid.uuid4().hex))
+        request_id = uuid.uuid4().hex
+        self.response_headers.append(("x-request-id", request_id))
+        self.response_headers.append(("request-id", request_id))
         self.set_close_on_finish()
         self.content_length = len(body)
         self.write(body)

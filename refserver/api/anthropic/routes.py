@@ -24,6 +24,11 @@ from refserver.tools import ToolPlan
 MESSAGES_PATH = "/v1/messages"
 
 
+def is_anthropic_path(path: str) -> bool:
+    """Whether `path` is one of these routes (their errors are Anthropic error objects)."""
+    return path == MESSAGES_PATH or path.startswith(MESSAGES_PATH + "/")
+
+
 class AnthropicRoutes:
     """Handlers of /v1/messages and /v1/messages/count_tokens."""
 
