@@ -7,6 +7,7 @@ SSE events, count_tokens, errors and auth."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 
 import pytest
@@ -14,7 +15,7 @@ from agent_fakes import prompt_of, scripted, tiny_tokenizer, tool_block
 from api_fakes import FakeEngine, settings
 
 from refserver.api import create_app
-from refserver.engine.interface import NotReadyError, QueueFullError
+from refserver.engine.interface import CapacityError, NotReadyError, QueueFullError
 
 MESSAGES = "/v1/messages"
 COUNT = "/v1/messages/count_tokens"
@@ -339,6 +340,36 @@ def test_engine_refusals(tiny_tokenizer, error, status, kind):
     client, engine = scripted(tiny_tokenizer, "x")
     engine.submit_error = error
     _error(_post(client), status, kind)
+
+
+@pytest.mark.parametrize(
+    "context, max_tokens, refusal",
+    [
+        (1000, 990, r"input length and `max_tokens` exceed context limit: (\d+) \+ 990 > 1000, "),
+        (8, 4, r"prompt is too long: (\d+) tokens > 7 maximum$"),
+    ],
+)
+def test_context_overflows_in_anthropics_words(tiny_tokenizer, context, max_tokens, refusal):
+    """Claude Code matches these texts: it retries with a smaller max_tokens, or compacts."""
+    engine = FakeEngine(tiny_tokenizer.encode("x"))
+    client = create_app(engine, tiny_tokenizer, settings(context_length=context)).test_client()
+    message = _error(_post(client, max_tokens=max_tokens), 400, "invalid_request_error")
+    match = re.match(refusal, message)
+    prompt = len(tiny_tokenizer.apply_chat_template(USER, add_generation_prompt=True))
+    assert match and int(match.group(1)) >= min(prompt, context) and engine.requests == []
+
+
+@pytest.mark.parametrize(
+    "limit, longest, refusal",
+    [
+        (512, 255, "input length and `max_tokens` exceed context limit: 100 + 900 > 512, "),
+        (80, 79, "prompt is too long: 100 tokens > 79 maximum"),
+    ],
+)
+def test_kv_capacity_refusals_in_anthropics_words(tiny_tokenizer, limit, longest, refusal):
+    client, engine = scripted(tiny_tokenizer, "x")
+    engine.submit_error = CapacityError("does not fit", 100, 900, limit, longest)
+    assert _error(_post(client), 400, "invalid_request_error").startswith(refusal)
 
 
 def test_failure_mid_stream_is_an_error_event(tiny_tokenizer):

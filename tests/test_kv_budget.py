@@ -88,6 +88,20 @@ def _within_budget(scheduler: Scheduler) -> None:
     assert scheduler.kv_used <= scheduler.ledger.capacity_tokens
 
 
+@pytest.mark.parametrize("capacity", [2 * KV_STEP, 3 * KV_STEP + 7, 40 * KV_STEP])
+def test_the_limits_a_refusal_names_are_the_edges_of_never_fits(capacity):
+    """What a 400 tells a client to send instead (Claude Code retries with it) fits."""
+    assert KvLedger(capacity_tokens=2 * KV_STEP - 1).longest_prompt() == 0  # nothing fits
+    ledger = KvLedger(capacity_tokens=capacity)
+    longest = ledger.longest_prompt()
+    assert not ledger.never_fits(longest, longest + 1)
+    assert ledger.never_fits(longest + 1, longest + 2)
+    for prompt in (1, longest // 2, longest):
+        limit = ledger.reach_limit(prompt)
+        assert limit > prompt and not ledger.never_fits(prompt, limit)
+        assert ledger.never_fits(prompt, limit + 1)
+
+
 def test_a_sequence_that_does_not_fit_waits_until_another_gives_its_kv_back():
     # Each needs its row (256) and, while prefilled, its prompt's own cache (256).
     scheduler = _scheduler(capacity=3 * KV_STEP - 1)

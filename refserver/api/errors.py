@@ -31,6 +31,7 @@ class ApiError(Exception):
         param: str | None = None,
         code: str | None = None,
         headers: dict[str, str] | None = None,
+        anthropic_message: str | None = None,
     ):
         super().__init__(message)
         self.status = status
@@ -38,6 +39,9 @@ class ApiError(Exception):
         self.param = param
         self.code = code
         self.headers = headers or {}
+        # Anthropic's own wording, where clients match it (Claude Code reads the numbers
+        # of a context overflow to retry with a smaller max_tokens).
+        self.anthropic_message = anthropic_message
 
     def body(self) -> dict[str, Any]:
         """The JSON body: {"error": {"message", "type", "param", "code"}}."""
@@ -45,7 +49,7 @@ class ApiError(Exception):
 
     def anthropic_body(self) -> dict[str, Any]:
         """The JSON body on Anthropic routes: {"type": "error", "error": {...}}."""
-        return anthropic_error_body(self.status, self.message)
+        return anthropic_error_body(self.status, self.anthropic_message or self.message)
 
 
 def error_type(status: int) -> str:

@@ -48,7 +48,23 @@ class NotReadyError(EngineError):
 
 
 class CapacityError(EngineError):
-    """The request could never fit the cluster's KV memory; the message says by how much."""
+    """The request could never fit the cluster's KV memory; the message says by how much.
+    `limit_tokens`: the most its prompt plus max_tokens may be; `longest_prompt`: the
+    longest prompt that fits at all (see KvLedger)."""
+
+    def __init__(
+        self,
+        message: str,
+        prompt_tokens: int,
+        max_tokens: int,
+        limit_tokens: int,
+        longest_prompt: int,
+    ):
+        super().__init__(message)
+        self.prompt_tokens = prompt_tokens
+        self.max_tokens = max_tokens
+        self.limit_tokens = limit_tokens
+        self.longest_prompt = longest_prompt
 
 
 @dataclass(frozen=True)

@@ -107,5 +107,22 @@ class KvLedger:
         """Alone in the cluster, the sequence would still exceed the capacity."""
         return held_positions([[reach]], [prompt]) > self.capacity_tokens
 
+    def reach_limit(self, prompt: int) -> int:
+        """The longest reach (prompt plus completion) a sequence with `prompt` can have
+        alone in the cluster (at most `prompt`: not even one token fits after it)."""
+        room = self.capacity_tokens - rounded(prompt)  # its cache while it is prefilled
+        return max(0, room) // KV_STEP * KV_STEP
+
+    def longest_prompt(self) -> int:
+        """The longest prompt that fits alone in the cluster with one token after it."""
+        low, high = 0, self.capacity_tokens  # never_fits only grows with the prompt
+        while low < high:
+            middle = (low + high + 1) // 2
+            if self.never_fits(middle, middle + 1):
+                high = middle - 1
+            else:
+                low = middle
+        return low
+
     def record(self, used: int) -> None:
         self.high_water = max(self.high_water, used)

@@ -134,7 +134,11 @@ class PipelineEngine:
                 f"the prompt ({prompt} tokens) and max_tokens ({request.max_tokens}) need "
                 f"more KV memory than this cluster has: it holds {ledger.capacity_tokens} "
                 "tokens, a prompt's own cache while it is prefilled included; shorten the "
-                "prompt or lower max_tokens"
+                "prompt or lower max_tokens",
+                prompt,
+                request.max_tokens,
+                ledger.reach_limit(prompt),
+                ledger.longest_prompt(),
             )
 
     def cancel(self, request_id: str) -> None:

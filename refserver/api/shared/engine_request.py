@@ -55,7 +55,14 @@ def completion_budget(
             f"the prompt has {prompt_tokens} tokens, which leaves no room for a completion "
             f"in this model's context of {context} tokens"
         )
-        raise ApiError(400, message, param=prompt_param, code="context_length_exceeded")
+        anthropic = anthropic_overflow(prompt_tokens, 1, context, context - 1)
+        raise ApiError(
+            400,
+            message,
+            param=prompt_param,
+            code="context_length_exceeded",
+            anthropic_message=anthropic,
+        )
     asked = body.requested_max_tokens
     if asked is None:
         return min(settings.default_max_tokens, settings.max_tokens_cap, room)
@@ -69,8 +76,23 @@ def completion_budget(
             f"requested ({prompt_tokens} in the prompt, {asked} for the completion); "
             f"shorten the prompt or lower {param}"
         )
-        raise ApiError(400, message, param=param, code="context_length_exceeded")
+        anthropic = anthropic_overflow(prompt_tokens, asked, context, context - 1)
+        raise ApiError(
+            400, message, param=param, code="context_length_exceeded", anthropic_message=anthropic
+        )
     return asked
+
+
+def anthropic_overflow(prompt_tokens: int, max_tokens: int, limit: int, longest: int) -> str:
+    """A prompt plus max_tokens beyond `limit` (a prompt beyond `longest`), in the words
+    of Anthropic's API: Claude Code reads the numbers of the second form to retry with
+    a max_tokens that fits, and the first tells it to compact the conversation."""
+    if prompt_tokens > longest:
+        return f"prompt is too long: {prompt_tokens} tokens > {longest} maximum"
+    return (
+        f"input length and `max_tokens` exceed context limit: {prompt_tokens} + {max_tokens} "
+        f"> {limit}, decrease input length or `max_tokens` and try again"
+    )
 
 
 def sampling_params(

@@ -105,7 +105,14 @@ class Vocabulary:
                 f"the {param} has {len(text)} characters, more than the {self.max_prompt_chars} "
                 f"that can fit in this model's context of {self._tokenizer.model_max_length} tokens"
             )
-            raise ApiError(400, message, param=param, code="context_length_exceeded")
+            anthropic = f"prompt is too long: {message}"
+            raise ApiError(
+                400,
+                message,
+                param=param,
+                code="context_length_exceeded",
+                anthropic_message=anthropic,
+            )
         token_ids = self._encode_ids(text, special)
         if len(text) >= _TRIM_AFTER_CHARS:
             release_free_memory()

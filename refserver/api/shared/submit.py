@@ -11,7 +11,7 @@ from refserver.api.errors import ApiError
 from refserver.api.request_body import read_json_object
 from refserver.api.settings import ApiSettings
 from refserver.api.shared.detokenize import TextStream
-from refserver.api.shared.engine_request import engine_request
+from refserver.api.shared.engine_request import anthropic_overflow, engine_request
 from refserver.api.shared.generation import (
     EventPump,
     GenerationFailed,
@@ -59,7 +59,15 @@ class Submitter:
             message = str(exc) or "the server is not ready"
             raise ApiError(503, message, code="not_ready") from None
         except CapacityError as exc:
-            raise ApiError(400, str(exc), param=prompt_param, code="kv_capacity_exceeded") from None
+            raise ApiError(
+                400,
+                str(exc),
+                param=prompt_param,
+                code="kv_capacity_exceeded",
+                anthropic_message=anthropic_overflow(
+                    exc.prompt_tokens, exc.max_tokens, exc.limit_tokens, exc.longest_prompt
+                ),
+            ) from None
         text = TextStream(vocab.decode, vocab.eos_token_ids, body.stop_strings)
         # waitress (with channel_request_lookahead) tells whether the client hung up.
         client_gone = request.environ.get("waitress.client_disconnected", lambda: False)
