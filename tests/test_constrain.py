@@ -103,6 +103,41 @@ def test_a_forced_single_call_is_one_valid_call(tokenizer, thinks_first):
     jsonschema.validate(json.loads(call.arguments), TOOL["function"]["parameters"])
 
 
+def _pydantic_tool() -> dict:
+    """A strict tool as the openai SDK writes one from a pydantic model: a nested model is
+    a $ref into $defs, an Optional[str] an anyOf of string and null."""
+    from typing import Literal
+
+    import openai
+    from pydantic import BaseModel, Field
+
+    class Place(BaseModel):
+        city: str = Field(max_length=6)
+        country: Literal["FR", "DE"]
+
+    class Forecast(BaseModel):
+        place: Place
+        unit: str | None = Field(max_length=5)  # a random model's text ends by its bound
+        days: int | None = Field(ge=1, le=3)
+
+    return openai.pydantic_function_tool(Forecast)
+
+
+@pytest.mark.parametrize("strict", [True, False])
+@pytest.mark.parametrize("seed", range(3))
+def test_a_tool_from_pydantic_is_called_with_valid_arguments(tokenizer, seed, strict):
+    tool = _pydantic_tool()
+    parameters = tool["function"]["parameters"]
+    assert tool["function"]["strict"] and "$defs" in parameters  # what the SDK sends
+    tool["function"]["strict"] = strict
+    reply = Reply(tools=(tool,), must_call=True, single_call=True)
+    text = _generate(tokenizer, reply, seed)
+    (call,) = parse_output(text, [tool], parse_tool_calls=True).tool_calls
+    arguments = json.loads(call.arguments)
+    jsonschema.validate(arguments, parameters)
+    assert isinstance(arguments["place"], dict)  # JSON, not the text of one
+
+
 def test_strict_refuses_what_it_cannot_enforce(tokenizer):
     unique = {"type": "array", "uniqueItems": True}
     with pytest.raises(ConstraintError, match="uniqueItems"):

@@ -233,12 +233,29 @@ TYPING = [
     # No type information: best effort.
     ({}, '{"k": [1]}', {"k": [1]}),
     ({"description": "anything"}, "hello", "hello"),
+    # Local references into the parameters' $defs / definitions (pydantic's nested models).
+    ({"$ref": "#/$defs/Count"}, "3", 3),
+    ({"$ref": "#/$defs/Count"}, "three", "three"),
+    ({"$ref": "#/definitions/Flag"}, "true", True),
+    ({"anyOf": [{"$ref": "#/$defs/Count"}, {"type": "null"}]}, "null", None),
+    ({"$ref": "#/$defs/Word"}, "42", "42"),
+    ({"$ref": "#/$defs/Loop"}, "7", 7),  # a cycle of references: best effort
+    ({"$ref": "#/$defs/Missing"}, "[1]", [1]),
 ]
+DEFINITIONS = {
+    "$defs": {
+        "Count": {"type": "integer"},
+        "Word": {"$ref": "#/$defs/Text"},
+        "Text": {"type": "string"},
+        "Loop": {"$ref": "#/$defs/Loop"},
+    },
+    "definitions": {"Flag": {"type": "boolean"}},
+}
 
 
 @pytest.mark.parametrize(("schema", "raw", "expected"), TYPING)
 def test_typing_by_schema(schema, raw, expected):
-    parameters = {"type": "object", "properties": {"p": schema}}
+    parameters = {"type": "object", "properties": {"p": schema}, **DEFINITIONS}
     assert type_arguments({"p": raw}, parameters) == {"p": expected}
 
 

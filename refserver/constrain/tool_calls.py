@@ -24,7 +24,7 @@ from typing import Any
 from llguidance import regex_to_lark
 
 from refserver.constrain.lark import ConstraintError, json_value, literal
-from refserver.tools.arguments import schema_types
+from refserver.tools.arguments import resolve_ref, schema_types
 from refserver.tools.minimax import TOOL_CALL_END, TOOL_CALL_START
 
 # Keywords that say nothing about a value.
@@ -73,7 +73,20 @@ def _invoke_rules(rule: str, function: dict[str, Any]) -> list[str]:
 
 
 def _value(rule: str, schema: dict[str, Any], strict: bool, where: str) -> tuple[str, list[str]]:
-    """The value of a parameter with its closing tag, and the rules it needs."""
+    """The value of a parameter with its closing tag, and the rules it needs. `schema`
+    carries the parameters' definitions, for its ``$ref``s."""
+    definitions = {key: schema[key] for key in _DEFINITIONS if key in schema}
+    schema = resolve_ref(schema, schema)
+    choices = schema.get("anyOf", schema.get("oneOf"))
+    if "type" not in schema and _are_schemas(choices):
+        # Each alternative on its own: a string one is raw text, the others JSON (as
+        # pydantic's Optional[str] is {"anyOf": [{"type": "string"}, {"type": "null"}]}).
+        values, extra = [], []
+        for index, choice in enumerate(choices):
+            value, rules = _value(f"{rule}_{index}", {**choice, **definitions}, strict, where)
+            values.append(value)
+            extra += rules
+        return f"({' | '.join(values)})", extra
     types = schema_types(schema)
     if not types or types == {"string"}:
         return _raw_string(rule, schema, strict, where)
@@ -82,6 +95,10 @@ def _value(rule: str, schema: dict[str, Any], strict: bool, where: str) -> tuple
     others = {**schema, "type": sorted(types - {"string"})}
     string, extra = _raw_string(rule, {**schema, "type": "string"}, strict, where)
     return f'({json_value(others, strict)} "</parameter>" | {string})', extra
+
+
+def _are_schemas(choices: Any) -> bool:
+    return isinstance(choices, list) and bool(choices) and all(isinstance(c, dict) for c in choices)
 
 
 def _raw_string(

@@ -20,6 +20,7 @@ from refserver.tools.paths import is_path_param, normalize_path
 # when allowed, is the fallback after all of these fail.
 _TYPE_ORDER = ("null", "boolean", "integer", "number", "object", "array")
 _FAILED = object()  # A value that did not parse as the type tried.
+_MAX_REF_HOPS = 16
 _JSON_TYPE_OF = {
     bool: "boolean",
     int: "integer",
@@ -43,15 +44,19 @@ def tool_parameters(tools: list[dict] | None, name: str) -> dict | None:
 
 def type_arguments(raw: dict[str, str], parameters: dict | None) -> dict[str, Any]:
     """Type each raw argument by its property in the ``parameters`` JSON schema."""
-    properties = (parameters or {}).get("properties")
+    root = parameters or {}
+    properties = root.get("properties")
     properties = properties if isinstance(properties, dict) else {}
-    return {name: _type_value(name, value, properties.get(name)) for name, value in raw.items()}
+    return {
+        name: _type_value(name, value, properties.get(name), root) for name, value in raw.items()
+    }
 
 
-def _type_value(name: str, value: str, schema: Any) -> Any:
+def _type_value(name: str, value: str, schema: Any, root: dict) -> Any:
     if not isinstance(schema, dict):
         return _best_effort(value)
-    types = schema_types(schema)
+    schema = resolve_ref(schema, root)
+    types = schema_types(schema, root)
     if not types:
         return _best_effort(value)
     for type_name in _TYPE_ORDER:
@@ -73,8 +78,34 @@ def _normalize_paths(name: str, schema: dict, value: Any) -> Any:
     return value
 
 
-def schema_types(schema: dict) -> set[str]:
-    """All JSON types a schema allows: ``type`` (str or list), ``enum``/``const``, anyOf/oneOf."""
+def resolve_ref(schema: dict, root: dict) -> dict:
+    """`schema` with a local ``$ref`` (``#/$defs/X``, ``#/definitions/X`` of `root`, as
+    pydantic writes nested models) replaced by its target, its other keywords kept."""
+    for _ in range(_MAX_REF_HOPS):  # a cycle of references ends here, unresolved
+        ref = schema.get("$ref")
+        target = _ref_target(ref, root) if isinstance(ref, str) else None
+        if target is None:
+            break
+        schema = {**target, **{key: v for key, v in schema.items() if key != "$ref"}}
+    return schema
+
+
+def _ref_target(ref: str, root: dict) -> dict | None:
+    for section in ("$defs", "definitions"):
+        prefix = f"#/{section}/"
+        if ref.startswith(prefix):
+            name = ref[len(prefix) :].replace("~1", "/").replace("~0", "~")
+            definitions = root.get(section)
+            target = definitions.get(name) if isinstance(definitions, dict) else None
+            return target if isinstance(target, dict) else None
+    return None
+
+
+def schema_types(schema: dict, root: dict | None = None) -> set[str]:
+    """All JSON types a schema allows: ``type`` (str or list), ``enum``/``const``,
+    anyOf/oneOf/allOf, following local ``$ref``s into `root` (by default `schema`)."""
+    root = schema if root is None else root
+    schema = resolve_ref(schema, root)
     declared = schema.get("type")
     types = {declared} if isinstance(declared, str) else set()
     if isinstance(declared, list):
@@ -86,7 +117,7 @@ def schema_types(schema: dict) -> set[str]:
     for key in ("anyOf", "oneOf", "allOf"):
         for choice in schema.get(key) or ():
             if isinstance(choice, dict):
-                types |= schema_types(choice)
+                types |= schema_types(choice, root)
     return types
 
 
