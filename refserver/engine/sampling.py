@@ -83,7 +83,9 @@ class SequenceSampler:
         if self.params.temperature == 0:
             return mx.argmax(logprobs_row, axis=-1), logprobs_row
         filtered = logprobs_row
-        if 0 < self.params.top_p < 1.0:
+        if self.params.top_p == 0:  # a nucleus of no mass: the most likely token alone
+            filtered = apply_top_k(filtered, 1)
+        elif self.params.top_p < 1.0:
             filtered = apply_top_p(filtered, self.params.top_p)
         if self.params.min_p > 0:
             filtered = apply_min_p(filtered, self.params.min_p)

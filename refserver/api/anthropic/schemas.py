@@ -268,7 +268,7 @@ class MessagesRequest(CountTokensRequest):
     max_tokens: Count
     stop_sequences: list[str] | None = None
     temperature: float | None = Field(None, ge=0, le=1)
-    top_p: float | None = Field(None, gt=0, le=1)
+    top_p: float | None = Field(None, ge=0, le=1)  # 0: the top token alone
     top_k: int | None = Field(None, ge=0, le=2**31 - 1)
     stream: bool | None = None
 
