@@ -15,6 +15,7 @@ from agent_fakes import prompt_of, scripted, tiny_tokenizer, tool_block
 from api_fakes import FakeEngine, settings
 
 from refserver.api import create_app
+from refserver.api.anthropic.schemas import MessagesRequest
 from refserver.engine.interface import CapacityError, NotReadyError, QueueFullError
 
 MESSAGES = "/v1/messages"
@@ -245,6 +246,28 @@ def test_thinking_switches_the_template(tiny_tokenizer, kind, opens):
     body = _post(client, thinking=thinking).get_json()
     assert prompt_of(engine, tiny_tokenizer).endswith("<think>\n") is opens
     assert body["content"][0]["type"] == ("thinking" if opens else "text")
+
+
+@pytest.mark.parametrize(
+    "thinking, budget",
+    [
+        ({"type": "enabled", "budget_tokens": 1024}, 1024),
+        ({"type": "enabled", "budget_tokens": 5000}, 1999),  # held below max_tokens
+        ({"type": "enabled"}, None),
+        ({"type": "disabled", "budget_tokens": 1024}, None),
+        (None, None),
+    ],
+)
+def test_a_thinking_budget_bounds_the_reasoning(tiny_tokenizer, thinking, budget):
+    """budget_tokens bounds the reasoning as a constraint closes it: `</think>` comes by
+    then, whatever else the reply may be."""
+    client, engine = scripted(tiny_tokenizer, "</think>ok")
+    body = {"max_tokens": 2000, "messages": USER}
+    body |= {} if thinking is None else {"thinking": thinking}
+    assert client.post(MESSAGES, json=body).status_code == 200
+    assert MessagesRequest.model_validate(body).sampling().thinking_budget == budget
+    constraint = engine.requests[-1].sampling.constraint
+    assert (constraint is not None) is (budget is not None)
 
 
 def test_sampling_fields_reach_the_engine(tiny_tokenizer):

@@ -87,6 +87,22 @@ def test_thinking_is_closed_within_its_budget(tokenizer):
     jsonschema.validate(json.loads(parsed.content), SCHEMA)
 
 
+@pytest.mark.parametrize("budget", [1, 5, 12])
+def test_a_thinking_budget_alone_closes_thinking_and_frees_the_answer(tokenizer, budget):
+    reply = Reply(thinks_first=True, thinking_budget=budget, bounded_thinking=True)
+    assert reply.constrains and not Reply(thinks_first=True, thinking_budget=budget).constrains
+    matcher = compile_constraint(reply, tokenizer, [EOS]).start()
+    think_end = tokenizer.convert_tokens_to_ids("</think>")
+    rng, tokens = np.random.default_rng(budget), []
+    while think_end not in tokens:
+        allowed = np.flatnonzero(matcher.allowed())
+        token = int(allowed[np.argmax(rng.normal(size=VOCAB)[allowed])])
+        matcher.advance(token)
+        tokens.append(token)
+    assert len(tokens) <= budget + 1
+    assert matcher.allowed().sum() > VOCAB // 2  # then free text (or the end)
+
+
 @pytest.mark.parametrize("thinks_first", [False, True])
 def test_a_forced_single_call_is_one_valid_call(tokenizer, thinks_first):
     reply = Reply(

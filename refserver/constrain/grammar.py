@@ -36,6 +36,8 @@ class Reply:
     schemas the grammar enforces whole); empty: no calls are constrained.
     must_call: the answer is a tool call; single_call: exactly one invoke.
     thinks_first: the prompt opened ``<think>``, so the reply starts inside it.
+    bounded_thinking: the request set the thinking budget itself, so the reply is
+    constrained for it alone (the answer then free).
     """
 
     json_schema: dict[str, Any] | None = None
@@ -45,10 +47,12 @@ class Reply:
     single_call: bool = False
     thinks_first: bool = False
     thinking_budget: int = 1024
+    bounded_thinking: bool = False
 
     @property
     def constrains(self) -> bool:
-        return self.json_schema is not None or bool(self.tools)
+        thinking = self.thinks_first and self.bounded_thinking
+        return self.json_schema is not None or bool(self.tools) or thinking
 
 
 def reply_grammar(reply: Reply, marker: Markers) -> str:
@@ -74,4 +78,4 @@ def _start(reply: Reply) -> str:
         return think + "LEAD? calls"
     if reply.json_schema is not None:
         return think + ("LEAD? (json | calls)" if reply.tools else "LEAD? json")
-    return think + "TEXT? (calls TEXT?)*"
+    return think + ("TEXT? (calls TEXT?)*" if reply.tools else "TEXT?")

@@ -217,7 +217,7 @@ class ToolChoice(StrictModel):
 
 class Thinking(StrictModel):
     type: Literal["enabled", "disabled", "adaptive"]
-    budget_tokens: int | None = None
+    budget_tokens: Count | None = None
 
 
 class CountTokensRequest(StrictModel):
@@ -285,4 +285,8 @@ class MessagesRequest(CountTokensRequest):
         fields |= {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k}
         fields |= {"tools": self.template_tools(), "tool_choice": self.openai_tool_choice()}
         fields |= {"parallel_tool_calls": self.parallel_tool_calls}
+        thinking = self.thinking
+        if thinking is not None and thinking.type == "enabled" and thinking.budget_tokens:
+            # Anthropic wants budget_tokens below max_tokens; one above is held to it.
+            fields["thinking_budget"] = max(1, min(thinking.budget_tokens, self.max_tokens - 1))
         return ToolFields.model_validate(fields)

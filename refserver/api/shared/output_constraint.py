@@ -9,7 +9,9 @@ compiled into the grammar rank 0's sampler enforces (see refserver.constrain).
 
 When the prompt opened ``<think>``, the reply first ends that block, within a thinking
 budget of half the completion's tokens (at most THINKING_BUDGET_CAP): a model that would
-think on is made to close it and answer.
+think on is made to close it and answer. A request's own ``thinking_budget`` (Anthropic's
+``thinking.budget_tokens``) bounds its thinking that way even when nothing else is
+constrained.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ def reply_for(body: SamplingFields, prompt: Prompt, max_tokens: int) -> Reply | 
     strict = bool(format_ and format_.json_schema and format_.json_schema.strict)
     plan = _tool_plan(body)
     constrained = plan.must_call or plan.has_strict_tool or schema is not None
+    asked = body.thinking_budget
+    default_budget = min(THINKING_BUDGET_CAP, max(1, max_tokens // 2))
     reply = Reply(
         json_schema=schema,
         strict_json=strict,
@@ -56,7 +60,8 @@ def reply_for(body: SamplingFields, prompt: Prompt, max_tokens: int) -> Reply | 
         must_call=plan.must_call,
         single_call=plan.single_call,
         thinks_first=prompt_opens_reasoning(prompt.text or ""),
-        thinking_budget=min(THINKING_BUDGET_CAP, max(1, max_tokens // 2)),
+        thinking_budget=default_budget if asked is None else asked,
+        bounded_thinking=asked is not None,
     )
     return reply if reply.constrains else None
 

@@ -134,6 +134,8 @@ class SamplingFields(StrictModel):
     n: int | None = None
     user: str | None = None
     response_format: ResponseFormat | None = None
+    # Tokens of reasoning before the grammar closes it (Anthropic's thinking.budget_tokens).
+    thinking_budget: Count | None = None
 
     @field_validator("n")
     @classmethod
