@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import jinja2
+from tokenizers import Tokenizer
 
 from refserver.api.errors import ApiError, invalid_request
+from refserver.api.shared.control_text import shield
 
 # Generated text keeps these even when the tokenizer calls them special tokens:
 # the reasoning and tool-call parsers read them.
@@ -48,6 +50,8 @@ class Vocabulary:
         self.eos_token_ids = _eos_token_ids(tokenizer)
         self.max_prompt_chars = _max_prompt_chars(tokenizer)
         self._encode_ids = _encoder(tokenizer)
+        self._encode_text_ids = _text_encoder(tokenizer)
+        self._control_texts = _special_texts(tokenizer)
         self._hidden_ids = _control_token_ids(tokenizer)
         self._byte_decoder = _byte_level_decoder()
         self._token_cache: dict[int, tuple[str, bytes]] = {}
@@ -69,14 +73,29 @@ class Vocabulary:
         kwargs.update(tools=tools or None, tokenize=False)
         kwargs.update(add_generation_prompt=not continue_final)
         kwargs.update(continue_final_message=continue_final)
+        shielded = None
+        if self._encode_text_ids is not None:
+            shielded = shield(messages, self._control_texts)
         try:
-            text = self._tokenizer.apply_chat_template(messages, **kwargs)
+            text = self._tokenizer.apply_chat_template(
+                messages if shielded is None else shielded.messages, **kwargs
+            )
         except (jinja2.TemplateError, ValueError, TypeError, RecursionError) as exc:
             message = str(exc)[:500] or type(exc).__name__
             raise invalid_request(
                 f"the chat template rejected the request: {message}", "messages"
             ) from None
-        return Prompt(self._encode(text, "messages", special=False), text, continue_final)
+        if shielded is None:
+            return Prompt(self._encode(text, "messages", special=False), text, continue_final)
+        # Messages spell control tokens: their texts are read as text (see control_text).
+        pieces = shielded.pieces(text)
+        text = "".join(piece for piece, _ in pieces)
+        self._check_length(text, "messages")
+        token_ids = []
+        for piece, is_message_text in pieces:
+            encode = self._encode_text_ids if is_message_text else self._encode_ids
+            token_ids += encode(piece, False)
+        return Prompt(token_ids, text, continue_final)
 
     def completion_prompt(self, prompt: str | list[int]) -> Prompt:
         """Encode a text prompt the way mlx_lm does, or check a token-id prompt."""
@@ -100,6 +119,13 @@ class Vocabulary:
 
     def _encode(self, text: str, param: str, special: bool) -> list[int]:
         """Token ids of text; 400 at once when it has more characters than can fit."""
+        self._check_length(text, param)
+        token_ids = self._encode_ids(text, special)
+        if len(text) >= _TRIM_AFTER_CHARS:
+            release_free_memory()
+        return token_ids
+
+    def _check_length(self, text: str, param: str) -> None:
         if self.max_prompt_chars is not None and len(text) > self.max_prompt_chars:
             message = (
                 f"the {param} has {len(text)} characters, more than the {self.max_prompt_chars} "
@@ -113,10 +139,6 @@ class Vocabulary:
                 code="context_length_exceeded",
                 anthropic_message=anthropic,
             )
-        token_ids = self._encode_ids(text, special)
-        if len(text) >= _TRIM_AFTER_CHARS:
-            release_free_memory()
-        return token_ids
 
     def token(self, token_id: int) -> tuple[str, bytes]:
         """The text of one token and its exact bytes (a token may hold part of a character)."""
@@ -145,6 +167,23 @@ def _encoder(tokenizer: Any) -> Callable[[str, bool], list[int]]:
     return lambda text, special: (
         backend.encode_batch_fast([text], add_special_tokens=special)[0].ids
     )
+
+
+def _text_encoder(tokenizer: Any) -> Callable[[str, bool], list[int]] | None:
+    """Like _encoder, but a special token's spelling is read as ordinary text: a copy of
+    the `tokenizers` backend that splits them (None without a backend)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    plain = Tokenizer.from_str(backend.to_str())
+    plain.encode_special_tokens = True
+    return lambda text, special: plain.encode_batch_fast([text], add_special_tokens=special)[0].ids
+
+
+def _special_texts(tokenizer: Any) -> tuple[str, ...]:
+    """The spellings of the added tokens marked special."""
+    added = getattr(tokenizer, "added_tokens_decoder", {})
+    return tuple(token.content for token in added.values() if token.special and token.content)
 
 
 def _max_prompt_chars(tokenizer: Any) -> int | None:
