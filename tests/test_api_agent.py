@@ -56,6 +56,19 @@ def test_reasoning_content_and_tool_calls(tiny_tokenizer):
     assert choice["finish_reason"] == "tool_calls"
 
 
+@pytest.mark.parametrize(
+    "output, content",
+    [
+        ("</think>" + tool_block(LIST), None),  # calls alone: null, as OpenAI sends it
+        ("</think>Done.", "Done."),
+        ("still thinking", ""),  # reasoning alone (cut by max_tokens): empty text
+    ],
+)
+def test_message_content_beside_calls(tiny_tokenizer, output, content):
+    client, _ = scripted(tiny_tokenizer, output)
+    assert _chat(client).get_json()["choices"][0]["message"]["content"] == content
+
+
 def test_stream_deltas(tiny_tokenizer):
     client, _ = scripted(tiny_tokenizer, OUTPUT)
     chunks = _stream(client, stream_options={"include_usage": True})

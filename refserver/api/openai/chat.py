@@ -102,11 +102,11 @@ def delta(event: OutputEvent) -> Delta:
 
 def message(events: list[OutputEvent]) -> dict[str, Any]:
     """The assistant message of a whole reply; reasoning_content and tool_calls only when
-    there are some."""
+    there are some. Calls with no text beside them have content null, as OpenAI's do."""
     content = "".join(e.text for e in events if isinstance(e, ContentDelta))
     reasoning = "".join(e.text for e in events if isinstance(e, ReasoningDelta))
     calls = [_tool_call(e) for e in events if isinstance(e, ToolCallEvent)]
-    result: dict[str, Any] = {"role": "assistant", "content": content}
+    result: dict[str, Any] = {"role": "assistant", "content": content or (None if calls else "")}
     if reasoning:
         result["reasoning_content"] = reasoning
     if calls:
