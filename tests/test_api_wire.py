@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 from api_fakes import (
@@ -276,6 +277,7 @@ def test_models(client, path):
     assert body["object"] == "list"
     assert [m["id"] for m in body["data"]] == [MODEL]
     assert body["data"][0]["object"] == "model"
+    assert abs(body["data"][0]["created"] - time.time()) < 3600  # served since: a real time
 
 
 @pytest.mark.parametrize("path", ["/chat/completions", "/completions"])

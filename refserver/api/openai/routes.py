@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 from flask import Flask, Response, g, jsonify
@@ -30,6 +31,7 @@ class OpenAIRoutes:
         self._vocab = submitter.vocab
         self._settings = submitter.settings
         self._message_builder = message_builder
+        self._created = int(time.time())  # the model object's "created": when served here
 
     def register(self, app: Flask) -> None:
         for prefix in ("/v1", ""):
@@ -47,7 +49,7 @@ class OpenAIRoutes:
         return jsonify(self._model_object())
 
     def _model_object(self) -> dict:
-        model = {"id": self._settings.model_name, "object": "model", "created": 0}
+        model = {"id": self._settings.model_name, "object": "model", "created": self._created}
         return model | {"owned_by": "refserver", "context_length": self._settings.context_length}
 
     def chat(self) -> Response:
