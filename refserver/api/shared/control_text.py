@@ -3,77 +3,91 @@
 A chat template renders a conversation into one string, and the tokenizer reads every
 spelling of a special token in it as that token: a user message, or a tool result
 holding a file, that contains MiniMax's ``]~b]`` would open a turn of its own (a forged
-system or assistant turn). So the texts of system, user and tool messages that spell a
-control token are rendered as placeholders; the rendered prompt is then tokenized piece
-by piece: the template's pieces as before, the messages' texts with their special
-tokens split into ordinary ones. A conversation that spells none is tokenized whole,
-exactly as before (and as ``mlx_lm`` does it).
+system or assistant turn), and so would the model's own reply that quoted the file, on
+the next turn. So each such spelling in a message's text (its content, reasoning and
+tool-call arguments) goes through the template as a placeholder; the rendered prompt is
+then tokenized between the placeholders as before, and each spelling as ordinary text.
+The tokenizer splits its input at special tokens anyway, so the text around a spelling
+gets the tokens the whole prompt would give it. A conversation that spells none is
+tokenized whole, exactly as before (and as ``mlx_lm`` does it).
 """
 
 from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-# The assistant's own text keeps its markers: the template reads them (reasoning).
-SHIELDED_ROLES = frozenset(("system", "developer", "user", "tool"))
+# The message fields whose text is the conversation's (not the template's).
+_TEXT_FIELDS = ("content", "reasoning_content")
 
 
 @dataclass(frozen=True)
 class Shielded:
-    """Messages whose control-spelling texts are placeholders, and those texts."""
+    """Messages whose control spellings are placeholders, and the spellings."""
 
     messages: list[dict[str, Any]]
-    texts: list[str]
+    spellings: list[str]
     nonce: str
 
     def pieces(self, rendered: str) -> list[tuple[str, bool]]:
-        """The rendered prompt as (text, is_message_text) pieces, in order, with each
-        placeholder back to its text (a template may repeat or drop one)."""
-        parts = re.split("\ue000" + re.escape(self.nonce) + r":(\d+)\ue001", rendered)
+        """The rendered prompt as (text, is_spelling) pieces, in order, each placeholder
+        back to the control token's spelling it stands for."""
+        parts = re.split("\ue000" + self.nonce + r"(\d+)\ue001", rendered)
         pieces = []
         for index, part in enumerate(parts):
             if index % 2:
-                pieces.append((self.texts[int(part)], True))
+                pieces.append((self.spellings[int(part)], True))
             elif part:
                 pieces.append((part, False))
         return pieces
 
 
 def shield(messages: list[dict[str, Any]], control: Iterable[str]) -> Shielded | None:
-    """Placeholders for the texts of system, user and tool messages that spell one of
-    the `control` strings; None when none does."""
-    spellings = [text for text in control if text]
-    texts: list[str] = []
+    """Placeholders for every spelling of a `control` string in the messages' texts;
+    None when there is none."""
+    spellings = sorted({text for text in control if text}, key=len, reverse=True)
+    if not spellings:
+        return None
     nonce = secrets.token_hex(8)  # no message can spell a placeholder by chance
+    pattern = re.compile("|".join(re.escape(s) for s in spellings))
+    found = False
 
-    def text_of(text: Any) -> Any:
-        if not isinstance(text, str) or not any(s in text for s in spellings):
-            return text
-        texts.append(text)
-        return _placeholder(nonce, str(len(texts) - 1))
+    def shielded(text: str) -> str:
+        nonlocal found
+        replaced = pattern.sub(lambda m: f"\ue000{nonce}{spellings.index(m[0])}\ue001", text)
+        found = found or replaced != text
+        return replaced
 
-    shielded = [_shielded(message, text_of) for message in messages]
-    return Shielded(shielded, texts, nonce) if texts else None
-
-
-def _shielded(message: dict[str, Any], text_of) -> dict[str, Any]:
-    if message.get("role") not in SHIELDED_ROLES:
-        return message
-    content = message.get("content")
-    if isinstance(content, list):  # text parts
-        parts = [
-            {**part, "text": text_of(part["text"])}
-            if isinstance(part, dict) and "text" in part
-            else part
-            for part in content
-        ]
-        return {**message, "content": parts}
-    return {**message, "content": text_of(content)}
+    result = [_message(message, shielded) for message in messages]
+    return Shielded(result, spellings, nonce) if found else None
 
 
-def _placeholder(nonce: str, index: str) -> str:
-    return f"\ue000{nonce}:{index}\ue001"
+def _message(message: dict[str, Any], shielded: Callable[[str], str]) -> dict[str, Any]:
+    fields = [field for field in _TEXT_FIELDS if field in message]
+    changed = {field: _texts(message[field], shielded) for field in fields}
+    calls = message.get("tool_calls")
+    if isinstance(calls, list):
+        changed["tool_calls"] = [_call(call, shielded) for call in calls]
+    return {**message, **changed}
+
+
+def _call(call: Any, shielded: Callable[[str], str]) -> Any:
+    function = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(function, dict) or "arguments" not in function:
+        return call
+    arguments = _texts(function["arguments"], shielded)  # a JSON string, or an object
+    return {**call, "function": {**function, "arguments": arguments}}
+
+
+def _texts(value: Any, shielded: Callable[[str], str]) -> Any:
+    """`value` with every string in it (text parts, argument values) shielded."""
+    if isinstance(value, str):
+        return shielded(value)
+    if isinstance(value, list):
+        return [_texts(item, shielded) for item in value]
+    if isinstance(value, dict):
+        return {key: _texts(item, shielded) for key, item in value.items()}
+    return value

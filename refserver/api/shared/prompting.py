@@ -87,14 +87,15 @@ class Vocabulary:
             ) from None
         if shielded is None:
             return Prompt(self._encode(text, "messages", special=False), text, continue_final)
-        # Messages spell control tokens: their texts are read as text (see control_text).
+        # Messages spell control tokens: those spellings are read as text (control_text).
         pieces = shielded.pieces(text)
         text = "".join(piece for piece, _ in pieces)
         self._check_length(text, "messages")
         token_ids = []
-        for piece, is_message_text in pieces:
-            encode = self._encode_text_ids if is_message_text else self._encode_ids
-            token_ids += encode(piece, False)
+        for piece, is_spelling in pieces:
+            token_ids += (self._encode_text_ids if is_spelling else self._encode_ids)(piece, False)
+        if len(text) >= _TRIM_AFTER_CHARS:
+            release_free_memory()
         return Prompt(token_ids, text, continue_final)
 
     def completion_prompt(self, prompt: str | list[int]) -> Prompt:
@@ -181,9 +182,14 @@ def _text_encoder(tokenizer: Any) -> Callable[[str, bool], list[int]] | None:
 
 
 def _special_texts(tokenizer: Any) -> tuple[str, ...]:
-    """The spellings of the added tokens marked special."""
+    """The spellings of the control tokens: added tokens marked special, but not the
+    markers of reasoning and tool calls (templates and parsers read those as text)."""
     added = getattr(tokenizer, "added_tokens_decoder", {})
-    return tuple(token.content for token in added.values() if token.special and token.content)
+    return tuple(
+        token.content
+        for token in added.values()
+        if token.special and token.content and token.content not in PARSER_MARKERS
+    )
 
 
 def _max_prompt_chars(tokenizer: Any) -> int | None:
