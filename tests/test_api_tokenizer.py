@@ -190,3 +190,16 @@ def test_text_around_a_spelled_control_token_keeps_its_tokens(tokenizer, vocab):
     )
     expected += ids(tokenizer, '{"b": 2}' + after)
     assert vocab.chat_prompt(messages).token_ids == expected
+
+
+def test_a_template_that_changes_a_placeholder_gets_the_whole_text(tokenizer):
+    """A template that rewrites message text (here: upper case) would garble a
+    placeholder: then the prompt is the whole text, tokenized as mlx_lm does it."""
+    shouting = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer.backend_tokenizer,
+        eos_token=EOS,
+        chat_template="{% for m in messages %}" + TURN + "{{ m.content | upper }}{% endfor %}",
+    )
+    prompt = Vocabulary(shouting).chat_prompt([{"role": "user", "content": SPELLED}])
+    assert prompt.text == TURN + SPELLED.upper()
+    assert prompt.token_ids == ids(shouting, prompt.text)

@@ -76,20 +76,15 @@ class Vocabulary:
         shielded = None
         if self._encode_text_ids is not None:
             shielded = shield(messages, self._control_texts)
-        try:
-            text = self._tokenizer.apply_chat_template(
-                messages if shielded is None else shielded.messages, **kwargs
-            )
-        except (jinja2.TemplateError, ValueError, TypeError, RecursionError) as exc:
-            message = str(exc)[:500] or type(exc).__name__
-            raise invalid_request(
-                f"the chat template rejected the request: {message}", "messages"
-            ) from None
-        if shielded is None:
+        text = self._render(messages, kwargs)
+        pieces = []
+        if shielded is not None:
+            pieces = shielded.pieces(self._render(shielded.messages, kwargs))
+        if "".join(piece for piece, _ in pieces) != text:
+            # None spelled, or a template that changed a placeholder (escaped or cut it):
+            # the whole text, as mlx_lm tokenizes it.
             return Prompt(self._encode(text, "messages", special=False), text, continue_final)
         # Messages spell control tokens: those spellings are read as text (control_text).
-        pieces = shielded.pieces(text)
-        text = "".join(piece for piece, _ in pieces)
         self._check_length(text, "messages")
         token_ids = []
         for piece, is_spelling in pieces:
@@ -97,6 +92,16 @@ class Vocabulary:
         if len(text) >= _TRIM_AFTER_CHARS:
             release_free_memory()
         return Prompt(token_ids, text, continue_final)
+
+    def _render(self, messages: list[dict[str, Any]], kwargs: dict[str, Any]) -> str:
+        """The chat template's text; a 400 when it rejects the conversation."""
+        try:
+            return self._tokenizer.apply_chat_template(messages, **kwargs)
+        except (jinja2.TemplateError, ValueError, TypeError, RecursionError) as exc:
+            message = str(exc)[:500] or type(exc).__name__
+            raise invalid_request(
+                f"the chat template rejected the request: {message}", "messages"
+            ) from None
 
     def completion_prompt(self, prompt: str | list[int]) -> Prompt:
         """Encode a text prompt the way mlx_lm does, or check a token-id prompt."""
