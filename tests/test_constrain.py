@@ -154,6 +154,43 @@ def test_a_tool_from_pydantic_is_called_with_valid_arguments(tokenizer, seed, st
     assert isinstance(arguments["place"], dict)  # JSON, not the text of one
 
 
+NESTED = {"anyOf": [{"$ref": "#/$defs/N"}, {"type": "integer"}]}
+TREE = {
+    "type": "object",
+    "properties": {
+        "v": {"type": "integer"},
+        "kids": {"type": "array", "items": {"$ref": "#/$defs/T"}},
+    },
+    "required": ["v"],
+}
+
+
+@pytest.mark.parametrize(
+    "parameter, definitions, refusal",
+    [
+        ({"$ref": "#/$defs/N"}, {"N": NESTED}, None),  # contains itself through anyOf
+        ({"$ref": "#/$defs/T"}, {"T": TREE}, None),  # a tree of itself
+        ({"$ref": "#/$defs/Gone"}, {}, r"uses \$ref"),
+        ({"anyOf": [{"type": "string"}, {"type": "null"}], "format": "email"}, {}, "format"),
+        ({"oneOf": [{"type": "integer"}, {"type": "number"}]}, {}, "oneOf"),
+        ({"oneOf": [{"type": "integer"}, {"type": "string"}]}, {}, None),
+        ({"$ref": "#/$defs/S", "maxLength": 100}, {"S": {"type": "string"}}, "beside its"),
+    ],
+)
+def test_strict_tool_schemas_at_their_edges(tokenizer, parameter, definitions, refusal):
+    """What a strict tool's grammar enforces, and the 400 (a ConstraintError) otherwise;
+    never a recursion error."""
+    parameters = {"type": "object", "properties": {"p": parameter}, "$defs": definitions}
+    tool = {"type": "function", "function": {"name": "t", "parameters": parameters}}
+    strict = {**tool, "function": {**tool["function"], "strict": True}}
+    compile_constraint(Reply(tools=(tool,), must_call=True), tokenizer, [EOS])  # lenient
+    if refusal is None:
+        compile_constraint(Reply(tools=(strict,), must_call=True), tokenizer, [EOS])
+    else:
+        with pytest.raises(ConstraintError, match=refusal):
+            compile_constraint(Reply(tools=(strict,), must_call=True), tokenizer, [EOS])
+
+
 def test_strict_refuses_what_it_cannot_enforce(tokenizer):
     unique = {"type": "array", "uniqueItems": True}
     with pytest.raises(ConstraintError, match="uniqueItems"):

@@ -241,6 +241,7 @@ TYPING = [
     ({"$ref": "#/$defs/Word"}, "42", "42"),
     ({"$ref": "#/$defs/Loop"}, "7", 7),  # a cycle of references: best effort
     ({"$ref": "#/$defs/Missing"}, "[1]", [1]),
+    ({"$ref": "#/$defs/Nested"}, "5", 5),  # contains itself through anyOf
 ]
 DEFINITIONS = {
     "$defs": {
@@ -248,6 +249,7 @@ DEFINITIONS = {
         "Word": {"$ref": "#/$defs/Text"},
         "Text": {"type": "string"},
         "Loop": {"$ref": "#/$defs/Loop"},
+        "Nested": {"anyOf": [{"$ref": "#/$defs/Nested"}, {"type": "integer"}]},
     },
     "definitions": {"Flag": {"type": "boolean"}},
 }

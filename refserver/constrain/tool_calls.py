@@ -72,22 +72,34 @@ def _invoke_rules(rule: str, function: dict[str, Any]) -> list[str]:
     return [f"{rule}: {head} {' '.join(parts)} {tail}", *lines]
 
 
-def _value(rule: str, schema: dict[str, Any], strict: bool, where: str) -> tuple[str, list[str]]:
+def _value(
+    rule: str, schema: dict[str, Any], strict: bool, where: str, seen: frozenset[str] = frozenset()
+) -> tuple[str, list[str]]:
     """The value of a parameter with its closing tag, and the rules it needs. `schema`
-    carries the parameters' definitions, for its ``$ref``s."""
+    carries the parameters' definitions, for its ``$ref``s (`seen`: those followed to
+    it; one seen again is a schema that contains itself, left to the JSON compiler)."""
     definitions = {key: schema[key] for key in _DEFINITIONS if key in schema}
-    schema = resolve_ref(schema, schema)
-    choices = schema.get("anyOf", schema.get("oneOf"))
-    if "type" not in schema and _are_schemas(choices):
+    if strict and "$ref" in schema and set(schema) - _ANNOTATIONS - set(_DEFINITIONS) - {"$ref"}:
+        raise ConstraintError(f"{where} has keywords beside its $ref")
+    schema, seen = resolve_ref(schema, schema, seen)
+    if schema.get("$ref") in seen:  # a cycle: only JSON can hold what contains itself
+        return f'{json_value(schema, strict)} "</parameter>"', []
+    choices = [schema[key] for key in ("anyOf", "oneOf") if key in schema]
+    if "type" not in schema and len(choices) == 1 and _are_schemas(choices[0]):
         # Each alternative on its own: a string one is raw text, the others JSON (as
         # pydantic's Optional[str] is {"anyOf": [{"type": "string"}, {"type": "null"}]}).
+        beside = set(schema) - _ANNOTATIONS - set(_DEFINITIONS) - {"anyOf", "oneOf"}
+        _check_keywords({key: schema[key] for key in beside}, set(), where, strict)
+        if strict and "oneOf" in schema and not _disjoint(choices[0], schema):
+            raise ConstraintError(f"{where} uses oneOf with alternatives of the same type")
         values, extra = [], []
-        for index, choice in enumerate(choices):
-            value, rules = _value(f"{rule}_{index}", {**choice, **definitions}, strict, where)
+        for index, choice in enumerate(choices[0]):
+            choice_rule, choice_schema = f"{rule}_{index}", {**choice, **definitions}
+            value, rules = _value(choice_rule, choice_schema, strict, where, seen)
             values.append(value)
             extra += rules
         return f"({' | '.join(values)})", extra
-    types = schema_types(schema)
+    types = schema_types(schema, schema, seen)
     if not types or types == {"string"}:
         return _raw_string(rule, schema, strict, where)
     if "string" not in types:
@@ -95,6 +107,16 @@ def _value(rule: str, schema: dict[str, Any], strict: bool, where: str) -> tuple
     others = {**schema, "type": sorted(types - {"string"})}
     string, extra = _raw_string(rule, {**schema, "type": "string"}, strict, where)
     return f'({json_value(others, strict)} "</parameter>" | {string})', extra
+
+
+def _disjoint(choices: list[dict[str, Any]], root: dict[str, Any]) -> bool:
+    """Whether no two alternatives allow a value of the same JSON type (so that the
+    grammar's "any of them" is oneOf's "exactly one")."""
+    types = [schema_types(choice, root) for choice in choices]
+    if not all(types):
+        return False  # an alternative with no type allows every value
+    types = [t | {"integer"} if "number" in t else t for t in types]  # integers are numbers
+    return all(types[i].isdisjoint(types[j]) for i in range(len(types)) for j in range(i))
 
 
 def _are_schemas(choices: Any) -> bool:

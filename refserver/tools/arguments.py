@@ -20,7 +20,6 @@ from refserver.tools.paths import is_path_param, normalize_path
 # when allowed, is the fallback after all of these fail.
 _TYPE_ORDER = ("null", "boolean", "integer", "number", "object", "array")
 _FAILED = object()  # A value that did not parse as the type tried.
-_MAX_REF_HOPS = 16
 _JSON_TYPE_OF = {
     bool: "boolean",
     int: "integer",
@@ -55,8 +54,8 @@ def type_arguments(raw: dict[str, str], parameters: dict | None) -> dict[str, An
 def _type_value(name: str, value: str, schema: Any, root: dict) -> Any:
     if not isinstance(schema, dict):
         return _best_effort(value)
-    schema = resolve_ref(schema, root)
-    types = schema_types(schema, root)
+    schema, seen = resolve_ref(schema, root)
+    types = schema_types(schema, root, seen)
     if not types:
         return _best_effort(value)
     for type_name in _TYPE_ORDER:
@@ -78,16 +77,21 @@ def _normalize_paths(name: str, schema: dict, value: Any) -> Any:
     return value
 
 
-def resolve_ref(schema: dict, root: dict) -> dict:
+def resolve_ref(
+    schema: dict, root: dict, seen: frozenset[str] = frozenset()
+) -> tuple[dict, frozenset[str]]:
     """`schema` with a local ``$ref`` (``#/$defs/X``, ``#/definitions/X`` of `root`, as
-    pydantic writes nested models) replaced by its target, its other keywords kept."""
-    for _ in range(_MAX_REF_HOPS):  # a cycle of references ends here, unresolved
-        ref = schema.get("$ref")
-        target = _ref_target(ref, root) if isinstance(ref, str) else None
+    pydantic writes nested models) replaced by its target, its other keywords kept; and
+    the references followed to get there, `seen` included. A reference already seen
+    (a schema that contains itself) is left as it is."""
+    followed = set(seen)
+    while isinstance(ref := schema.get("$ref"), str) and ref not in followed:
+        target = _ref_target(ref, root)
         if target is None:
             break
+        followed.add(ref)
         schema = {**target, **{key: v for key, v in schema.items() if key != "$ref"}}
-    return schema
+    return schema, frozenset(followed)
 
 
 def _ref_target(ref: str, root: dict) -> dict | None:
@@ -101,11 +105,14 @@ def _ref_target(ref: str, root: dict) -> dict | None:
     return None
 
 
-def schema_types(schema: dict, root: dict | None = None) -> set[str]:
+def schema_types(
+    schema: dict, root: dict | None = None, seen: frozenset[str] = frozenset()
+) -> set[str]:
     """All JSON types a schema allows: ``type`` (str or list), ``enum``/``const``,
-    anyOf/oneOf/allOf, following local ``$ref``s into `root` (by default `schema`)."""
+    anyOf/oneOf/allOf, following local ``$ref``s into `root` (by default `schema`), each
+    once on a path (`seen`: those followed to `schema`)."""
     root = schema if root is None else root
-    schema = resolve_ref(schema, root)
+    schema, seen = resolve_ref(schema, root, seen)
     declared = schema.get("type")
     types = {declared} if isinstance(declared, str) else set()
     if isinstance(declared, list):
@@ -117,7 +124,7 @@ def schema_types(schema: dict, root: dict | None = None) -> set[str]:
     for key in ("anyOf", "oneOf", "allOf"):
         for choice in schema.get(key) or ():
             if isinstance(choice, dict):
-                types |= schema_types(choice, root)
+                types |= schema_types(choice, root, seen)
     return types
 
 
