@@ -16,6 +16,8 @@ from api_fakes import FakeEngine, settings
 
 from refserver.api import create_app
 from refserver.api.anthropic.schemas import MessagesRequest
+from refserver.api.shared.output_constraint import reply_for
+from refserver.api.shared.prompting import Prompt
 from refserver.engine.interface import CapacityError, NotReadyError, QueueFullError
 
 MESSAGES = "/v1/messages"
@@ -249,16 +251,19 @@ def test_thinking_switches_the_template(tiny_tokenizer, kind, opens):
 
 
 @pytest.mark.parametrize(
-    "thinking, budget",
+    "thinking, budget, bound",
     [
-        ({"type": "enabled", "budget_tokens": 1024}, 1024),
-        ({"type": "enabled", "budget_tokens": 5000}, 1999),  # held below max_tokens
-        ({"type": "enabled"}, None),
-        ({"type": "disabled", "budget_tokens": 1024}, None),
-        (None, None),
+        ({"type": "enabled", "budget_tokens": 1024}, 1024, True),
+        # Held below max_tokens, where it cannot bind (as Claude Code's 31999 of 32000):
+        # no constraint, so greedy output stays unconstrained greedy output.
+        ({"type": "enabled", "budget_tokens": 5000}, 1999, False),
+        ({"type": "enabled", "budget_tokens": 1999}, 1999, False),
+        ({"type": "enabled"}, None, False),
+        ({"type": "disabled", "budget_tokens": 1024}, None, False),
+        (None, None, False),
     ],
 )
-def test_a_thinking_budget_bounds_the_reasoning(tiny_tokenizer, thinking, budget):
+def test_a_thinking_budget_bounds_the_reasoning(tiny_tokenizer, thinking, budget, bound):
     """budget_tokens bounds the reasoning as a constraint closes it: `</think>` comes by
     then, whatever else the reply may be."""
     client, engine = scripted(tiny_tokenizer, "</think>ok")
@@ -266,8 +271,31 @@ def test_a_thinking_budget_bounds_the_reasoning(tiny_tokenizer, thinking, budget
     body |= {} if thinking is None else {"thinking": thinking}
     assert client.post(MESSAGES, json=body).status_code == 200
     assert MessagesRequest.model_validate(body).sampling().thinking_budget == budget
-    constraint = engine.requests[-1].sampling.constraint
-    assert (constraint is not None) is (budget is not None)
+    assert (engine.requests[-1].sampling.constraint is not None) is bound
+
+
+@pytest.mark.parametrize(
+    "asked, tool_choice, budget, bound",
+    [
+        (100, None, 100, True),
+        (3000, None, 3000, False),  # beyond max_tokens: binds nothing
+        (100, "any", 100, True),
+        (3000, "any", 1000, False),  # a forced call keeps half of max_tokens for itself
+        (None, "any", 1000, False),
+    ],
+)
+def test_a_thinking_budget_beside_a_constrained_answer(
+    tiny_tokenizer, asked, tool_choice, budget, bound
+):
+    body = {"max_tokens": 2000, "messages": USER, "tools": TOOLS}
+    body |= {} if asked is None else {"thinking": {"type": "enabled", "budget_tokens": asked}}
+    body |= {} if tool_choice is None else {"tool_choice": {"type": tool_choice}}
+    prompt = Prompt([], "]~b]ai\n<think>\n")  # it opens the reasoning
+    sampling = MessagesRequest.model_validate(body).sampling()
+    reply = reply_for(sampling, prompt, 2000)
+    assert (reply is not None) is (bound or tool_choice is not None)
+    if reply is not None:
+        assert (reply.thinking_budget, reply.bounded_thinking) == (budget, bound)
 
 
 def test_sampling_fields_reach_the_engine(tiny_tokenizer):

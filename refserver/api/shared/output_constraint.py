@@ -51,8 +51,12 @@ def reply_for(body: SamplingFields, prompt: Prompt, max_tokens: int) -> Reply | 
     strict = bool(format_ and format_.json_schema and format_.json_schema.strict)
     plan = _tool_plan(body)
     constrained = plan.must_call or plan.has_strict_tool or schema is not None
+    budget = min(THINKING_BUDGET_CAP, max(1, max_tokens // 2))
     asked = body.thinking_budget
-    default_budget = min(THINKING_BUDGET_CAP, max(1, max_tokens // 2))
+    if asked is not None:
+        # A constrained answer keeps its room; a budget the reply cannot reach binds
+        # nothing (Claude Code asks for max_tokens - 1), so it constrains nothing.
+        budget = min(asked, budget) if constrained else asked
     reply = Reply(
         json_schema=schema,
         strict_json=strict,
@@ -60,8 +64,8 @@ def reply_for(body: SamplingFields, prompt: Prompt, max_tokens: int) -> Reply | 
         must_call=plan.must_call,
         single_call=plan.single_call,
         thinks_first=prompt_opens_reasoning(prompt.text or ""),
-        thinking_budget=default_budget if asked is None else asked,
-        bounded_thinking=asked is not None,
+        thinking_budget=budget,
+        bounded_thinking=asked is not None and asked < max_tokens - 1,
     )
     return reply if reply.constrains else None
 
