@@ -175,14 +175,15 @@ def test_server_level_errors_are_error_objects(serve, headers, body, status, cod
     assert reply.choices[0].message.content == TEXT
 
 
-def test_server_level_errors_on_anthropic_routes_are_anthropic_error_objects(serve):
+@pytest.mark.parametrize("path", ["/v1/messages", "//v1/messages/count_tokens"])
+def test_server_level_errors_on_anthropic_routes_are_anthropic_error_objects(serve, path):
     """waitress refuses a body over the limit before the app sees it; on /v1/messages the
     error is still Anthropic's shape, with both request id headers."""
     port = serve(_engine(), max_body_bytes=1000)
-    sock = _post(port, b"{", path="/v1/messages", headers={"Content-Length": "52428800"})
+    sock = _post(port, b"{", path=path, headers={"Content-Length": "52428800"})
     head = _read_until(sock, b"\r\n\r\n").partition(b"\r\n\r\n")[0].lower()
     sock.close()
-    status, payload = _response(_post(port, b"{", "/v1/messages", {"Content-Length": "2000"}))
+    status, payload = _response(_post(port, b"{", path, {"Content-Length": "2000"}))
     assert status == 413 and payload["type"] == "error"
     assert payload["error"]["type"] == "request_too_large"
     assert "at most 1000 bytes" in payload["error"]["message"]

@@ -133,9 +133,9 @@ def _authenticate(api_keys: tuple[str, ...]) -> None:
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     given = [token.strip()] if scheme.lower() == "bearer" else []
     given.append(request.headers.get("x-api-key", "").strip())
-    how = "'Authorization: Bearer <key>'"
+    how = "'Authorization: Bearer <key>' or 'x-api-key: <key>'"
     if _is_anthropic_route():
-        how = "'x-api-key: <key>' or " + how
+        how = "'x-api-key: <key>' or 'Authorization: Bearer <key>'"
     # Compare with every key, in constant time, so timing reveals nothing about them.
     matches = [hmac.compare_digest(c.encode(), key.encode()) for c in given for key in api_keys]
     if not any(matches):

@@ -9,6 +9,8 @@ Errors on these routes are Anthropic error objects (see ``app``).
 
 from __future__ import annotations
 
+import re
+
 from flask import Flask, Response, g, jsonify
 
 from refserver.api.anthropic.blocks import MessageMeta, message_events, message_reply
@@ -25,7 +27,9 @@ MESSAGES_PATH = "/v1/messages"
 
 
 def is_anthropic_path(path: str) -> bool:
-    """Whether `path` is one of these routes (their errors are Anthropic error objects)."""
+    """Whether `path` is one of these routes (their errors are Anthropic error objects);
+    doubled slashes count as one, as the app serves them."""
+    path = re.sub("/{2,}", "/", path)
     return path == MESSAGES_PATH or path.startswith(MESSAGES_PATH + "/")
 
 
