@@ -77,10 +77,10 @@ class Vocabulary:
         if self._encode_text_ids is not None:
             shielded = shield(messages, self._control_texts)
         text = self._render(messages, kwargs)
-        pieces = []
-        if shielded is not None:
-            pieces = shielded.pieces(self._render(shielded.messages, kwargs))
-        if "".join(piece for piece, _ in pieces) != text:
+        pieces = (
+            [] if shielded is None else shielded.pieces(self._render(shielded.messages, kwargs))
+        )
+        if shielded is None or "".join(piece for piece, _ in pieces) != text:
             # None spelled, or a template that changed a placeholder (escaped or cut it):
             # the whole text, as mlx_lm tokenizes it.
             return Prompt(self._encode(text, "messages", special=False), text, continue_final)
