@@ -69,6 +69,31 @@ def test_message_content_beside_calls(tiny_tokenizer, output, content):
     assert _chat(client).get_json()["choices"][0]["message"]["content"] == content
 
 
+@pytest.mark.parametrize(
+    "output, thinking, reasoning",
+    [
+        (OUTPUT, True, "\nThe user wants two things.\n</think>"),  # the template opened it
+        ("Hi <think>hm</think> there", False, "<think>hm</think>"),  # the model opened it
+        ("Hello there", False, ""),
+        ("still thinking", True, "still thinking"),  # cut by max_tokens: all of it
+    ],
+)
+@pytest.mark.parametrize("stream", [False, True])
+def test_usage_counts_the_reasoning_tokens(tiny_tokenizer, output, thinking, reasoning, stream):
+    """completion_tokens_details.reasoning_tokens, as OpenAI reports it for reasoning
+    models (the AI SDK's reasoningTokens)."""
+    client, _ = scripted(tiny_tokenizer, output)
+    fields = {"chat_template_kwargs": {"enable_thinking": thinking}}
+    if stream:
+        fields |= {"stream_options": {"include_usage": True}}
+        usage = _stream(client, **fields)[-1]["usage"]
+    else:
+        usage = _chat(client, **fields).get_json()["usage"]
+    expected = len(tiny_tokenizer.encode(reasoning, add_special_tokens=False))
+    assert usage["completion_tokens_details"] == {"reasoning_tokens": expected}
+    assert expected <= usage["completion_tokens"]
+
+
 def test_stream_deltas(tiny_tokenizer):
     client, _ = scripted(tiny_tokenizer, OUTPUT)
     chunks = _stream(client, stream_options={"include_usage": True})

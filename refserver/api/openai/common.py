@@ -22,12 +22,14 @@ class ResponseMeta:
 
 
 def usage(outcome: Outcome) -> dict[str, Any]:
-    """usage{prompt_tokens, completion_tokens, total_tokens, prompt_tokens_details}."""
+    """usage{prompt_tokens, completion_tokens, total_tokens, prompt_tokens_details,
+    completion_tokens_details}."""
     return {
         "prompt_tokens": outcome.prompt_tokens,
         "completion_tokens": outcome.completion_tokens,
         "total_tokens": outcome.prompt_tokens + outcome.completion_tokens,
         "prompt_tokens_details": {"cached_tokens": outcome.cached_tokens},
+        "completion_tokens_details": {"reasoning_tokens": outcome.reasoning_tokens},
     }
 
 

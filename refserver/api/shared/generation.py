@@ -65,6 +65,23 @@ class Outcome:
     completion_tokens: int
     cached_tokens: int = 0
     stop_sequence: str | None = None  # the stop string that ended the text, if one did
+    reasoning_tokens: int = 0  # of completion_tokens, those inside <think>…</think>
+
+
+@dataclass
+class ReasoningCount:
+    """The reply's reasoning tokens: from its start when the prompt left ``<think>``
+    open (`inside`), else from a ``<think>`` token, through the ``</think>`` token."""
+
+    open_id: int | None
+    close_id: int | None
+    inside: bool
+    count: int = 0
+
+    def add(self, token_id: int) -> None:
+        if self.inside or token_id == self.open_id:
+            self.count += 1
+            self.inside = token_id != self.close_id
 
 
 Pieces = Iterator[Admitted | TextPiece | KeepAlive | Outcome]
@@ -143,11 +160,14 @@ def generate(
     prompt_tokens: int,
     keepalive_seconds: float,
     client_gone: Callable[[], bool] = lambda: False,
+    reasoning: ReasoningCount | None = None,
 ) -> Pieces:
     """Drive one request to its end; see the module docstring.
 
     client_gone: the WSGI server's disconnect check; a client that left cancels the request.
+    reasoning: counts the reply's reasoning tokens for the Outcome.
     """
+    reasoning = reasoning or ReasoningCount(None, None, inside=False)
     completion_tokens = 0
     admitted = False
     pending: list[TokenEvent] = []
@@ -169,12 +189,13 @@ def generate(
                 admitted = True
                 yield Admitted(_cached_tokens(event))
             if isinstance(event, Finished):
-                yield from _finish(event, text, pending)
+                yield from _finish(event, text, pending, reasoning.count)
                 return
             if not isinstance(event, TokenEvent):
                 continue  # prefill progress: only keeps the keep-alive clock honest
             completion_tokens += 1
-            if event.token_id not in text.skip_ids:
+            if event.token_id not in text.skip_ids:  # an end-of-sequence token is no text
+                reasoning.add(event.token_id)
                 pending.append(event)
             piece, stopped = text.add(event.token_id)
             if piece or stopped:
@@ -182,7 +203,8 @@ def generate(
                 pending.clear()
                 last_output = time.monotonic()
             if stopped:
-                yield _stop_early(pump, prompt_tokens, completion_tokens, text.stop_sequence)
+                counts = (prompt_tokens, completion_tokens, reasoning.count)
+                yield _stop_early(pump, counts, text.stop_sequence)
                 return
     finally:
         pump.close()
@@ -196,7 +218,7 @@ def _cached_tokens(event: Event) -> int:
 
 
 def _finish(
-    event: Finished, text: TextStream, pending: list[TokenEvent]
+    event: Finished, text: TextStream, pending: list[TokenEvent], reasoning_tokens: int
 ) -> Iterator[TextPiece | Outcome]:
     if event.reason == "cancelled":
         raise GenerationFailed("the generation was cancelled by the server", "cancelled")
@@ -205,13 +227,15 @@ def _finish(
         yield TextPiece(piece, tuple(pending))
     reason = "stop" if stopped else event.reason
     counts = (event.prompt_tokens, event.completion_tokens, event.cached_tokens)
-    yield Outcome(reason, *counts, stop_sequence=text.stop_sequence)
+    yield Outcome(reason, *counts, text.stop_sequence, reasoning_tokens)
 
 
 def _stop_early(
-    pump: EventPump, prompt_tokens: int, completion_tokens: int, stop_sequence: str | None
+    pump: EventPump, counts: tuple[int, int, int], stop_sequence: str | None
 ) -> Outcome:
-    """A stop string ended the text: cancel, and take the cache count from the engine."""
+    """A stop string ended the text: cancel, and take the cache count from the engine.
+    counts: the prompt's, the completion's and its reasoning's tokens."""
+    prompt_tokens, completion_tokens, reasoning_tokens = counts
     pump.cancel()
     deadline = time.monotonic() + _CANCEL_WAIT_SECONDS
     cached = 0
@@ -221,4 +245,6 @@ def _stop_early(
             cached = event.cached_tokens
         if event is None or isinstance(event, Finished | ErrorEvent):
             break
-    return Outcome("stop", prompt_tokens, completion_tokens, cached, stop_sequence)
+    return Outcome(
+        "stop", prompt_tokens, completion_tokens, cached, stop_sequence, reasoning_tokens
+    )

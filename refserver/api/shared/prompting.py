@@ -52,6 +52,8 @@ class Vocabulary:
         self._encode_ids = _encoder(tokenizer)
         self._encode_text_ids = _text_encoder(tokenizer)
         self._control_texts = _special_texts(tokenizer)
+        added = getattr(tokenizer, "added_tokens_decoder", {})
+        self._added_ids = {token.content: token_id for token_id, token in added.items()}
         self._hidden_ids = _control_token_ids(tokenizer)
         self._byte_decoder = _byte_level_decoder()
         self._token_cache: dict[int, tuple[str, bytes]] = {}
@@ -117,6 +119,10 @@ class Vocabulary:
             raise invalid_request(
                 f"token id {bad[0]} is outside the vocabulary (0..{self.size - 1})", param
             )
+
+    def marker_id(self, text: str) -> int | None:
+        """The id of the added token spelled `text` (a marker such as ``</think>``)."""
+        return self._added_ids.get(text)
 
     def decode(self, token_ids: Sequence[int]) -> str:
         """Generated text: control tokens (special, but not parser markers) are left out,

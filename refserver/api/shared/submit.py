@@ -16,11 +16,14 @@ from refserver.api.shared.generation import (
     EventPump,
     GenerationFailed,
     Pieces,
+    ReasoningCount,
     generate,
 )
 from refserver.api.shared.prompting import Prompt, Vocabulary
 from refserver.api.shared.schemas import SamplingFields
 from refserver.engine.interface import CapacityError, Engine, NotReadyError, QueueFullError
+from refserver.tools import prompt_opens_reasoning
+from refserver.tools.output import THINK_END, THINK_START
 
 
 class Submitter:
@@ -72,7 +75,13 @@ class Submitter:
         # waitress (with channel_request_lookahead) tells whether the client hung up.
         client_gone = request.environ.get("waitress.client_disconnected", lambda: False)
         prompt_tokens = len(prompt.token_ids)
-        pieces = generate(pump, text, prompt_tokens, settings.keepalive_seconds, client_gone)
+        reasoning = ReasoningCount(
+            vocab.marker_id(THINK_START),
+            vocab.marker_id(THINK_END),
+            inside=prompt_opens_reasoning(prompt.text or ""),
+        )
+        keepalive = settings.keepalive_seconds
+        pieces = generate(pump, text, prompt_tokens, keepalive, client_gone, reasoning)
         return pieces, pump
 
     @staticmethod
