@@ -51,10 +51,11 @@ class Vocabulary:
         self.max_prompt_chars = _max_prompt_chars(tokenizer)
         self._encode_ids = _encoder(tokenizer)
         self._encode_text_ids = _text_encoder(tokenizer)
-        self._control_texts = _special_texts(tokenizer)
         added = getattr(tokenizer, "added_tokens_decoder", {})
         self._added_ids = {token.content: token_id for token_id, token in added.items()}
-        self._hidden_ids = _control_token_ids(tokenizer)
+        control = _control_tokens(added)
+        self._hidden_ids = frozenset(control)  # left out of generated text
+        self._control_texts = tuple(control.values())  # read as text in messages
         self._byte_decoder = _byte_level_decoder()
         self._token_cache: dict[int, tuple[str, bytes]] = {}
 
@@ -192,17 +193,6 @@ def _text_encoder(tokenizer: Any) -> Callable[[str, bool], list[int]] | None:
     return lambda text, special: plain.encode_batch_fast([text], add_special_tokens=special)[0].ids
 
 
-def _special_texts(tokenizer: Any) -> tuple[str, ...]:
-    """The spellings of the control tokens: added tokens marked special, but not the
-    markers of reasoning and tool calls (templates and parsers read those as text)."""
-    added = getattr(tokenizer, "added_tokens_decoder", {})
-    return tuple(
-        token.content
-        for token in added.values()
-        if token.special and token.content and token.content not in PARSER_MARKERS
-    )
-
-
 def _max_prompt_chars(tokenizer: Any) -> int | None:
     """The most characters a prompt that fits in the context can have, or None if unknown.
 
@@ -222,14 +212,14 @@ def _max_prompt_chars(tokenizer: Any) -> int | None:
     return context * longest * (1 if normalizer is None else 4)
 
 
-def _control_token_ids(tokenizer: Any) -> frozenset[int]:
-    """Added tokens marked special, except the markers the output parsers need."""
-    added = getattr(tokenizer, "added_tokens_decoder", {})
-    return frozenset(
-        token_id
+def _control_tokens(added: Mapping[int, Any]) -> dict[int, str]:
+    """Id -> spelling of the control tokens: added tokens marked special, except the
+    markers the output parsers and templates read (reasoning, tool calls)."""
+    return {
+        token_id: token.content
         for token_id, token in added.items()
-        if token.special and token.content not in PARSER_MARKERS
-    )
+        if token.special and token.content and token.content not in PARSER_MARKERS
+    }
 
 
 def release_free_memory() -> None:
