@@ -148,6 +148,26 @@ def test_a_call_cut_by_a_stop_string_is_stop_and_kept_as_content(tiny_tokenizer,
     assert _content_and_reason(client, stream, stop=[stop]) == (partial.rstrip(), "stop")
 
 
+@pytest.mark.parametrize(
+    "output, stop, content, reason",
+    [
+        # The reasoning restates the stop string: it waits for the answer.
+        ("Question: what?</think>Answer. Question: next", "Question:", "Answer.", "stop"),
+        ("Say = here.</think>x = 1", "=", "x", "stop"),
+        ("Question: what?</think>Answer.", "Question:", "Answer.", "stop"),  # never in it
+        ("Question: still thinking", "Question:", "", "stop"),  # it ends in its reasoning
+    ],
+)
+@pytest.mark.parametrize("stream", [False, True])
+def test_stop_strings_wait_for_the_answer(tiny_tokenizer, stream, output, stop, content, reason):
+    """As hosted reasoning models scope them: lm-eval sends "Question:" with every
+    request, and a thought that restates it must not leave the reply without an answer."""
+    client, _ = scripted(tiny_tokenizer, output)
+    assert _content_and_reason(client, stream, stop=[stop]) == (content, reason)
+    message = _chat(client, stop=[stop]).get_json()["choices"][0]["message"]
+    assert message["reasoning_content"] == output.split("</think>")[0]
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_call_whose_value_holds_closing_tags_arrives_whole(tiny_tokenizer, stream):
     command = "printf '</parameter>\\n</invoke>\\n</minimax:tool_call>' > format.txt"

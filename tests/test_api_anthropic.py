@@ -140,6 +140,14 @@ def test_a_queued_stream_keeps_alive_with_comments_until_message_start(tiny_toke
             "The end",
         ),
         ("</think>Hello there, a long answer.", {"max_tokens": 6}, "max_tokens", None),
+        # In the thinking, a stop sequence waits for the answer.
+        (
+            "The end?</think>Hi. The end.",
+            {"stop_sequences": ["The end"]},
+            "stop_sequence",
+            "The end",
+        ),
+        ("The end?</think>Hi.", {"stop_sequences": ["The end"]}, "end_turn", None),
         ("</think>Let me read." + CALL, {"max_tokens": 12}, "max_tokens", None),
         (
             "</think>Let me read." + CALL,

@@ -101,6 +101,13 @@ def test_stop_matcher_holds_back_only_a_possible_start(feeds, stops, released):
     assert [matcher.feed(text)[0] for text in feeds] == released
 
 
+def test_a_disarmed_matcher_lets_text_through_and_then_matches_what_follows():
+    matcher = StopMatcher(["Q:"])
+    assert matcher.feed("a Q") == ("a ", False)  # "Q" may start a stop: held
+    assert matcher.feed(": b", armed=False) == ("Q: b", False)  # released unmatched
+    assert matcher.feed(" Q: c") == (" ", True) and matcher.matched == "Q:"
+
+
 def test_stop_string_found_at_finish_is_cut():
     text = TextStream(_decode, stops=["42"])
     ids = byte_tokens(TOKENIZER, "is 4")

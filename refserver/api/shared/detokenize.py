@@ -66,10 +66,12 @@ class StopMatcher:
         self._held = ""
         self.matched: str | None = None  # the stop string found, once one is
 
-    def feed(self, text: str) -> tuple[str, bool]:
-        """(text safe to send, whether a stop string was found)."""
-        if not self._stops:
-            return text, False
+    def feed(self, text: str, armed: bool = True) -> tuple[str, bool]:
+        """(text safe to send, whether a stop string was found); `armed` False: the
+        text is let through unmatched (with whatever was held back)."""
+        if not self._stops or not armed:
+            held, self._held = self._held + text, ""
+            return held, False
         held = self._held + text
         hits = [(i, stop) for stop in self._stops if (i := held.find(stop)) >= 0]
         if hits:
@@ -115,11 +117,12 @@ class TextStream:
         """The stop string that ended the text, if one did."""
         return self._stops.matched
 
-    def add(self, token_id: int) -> tuple[str, bool]:
-        """(new visible text, whether a stop string ended the generation)."""
-        return self._stops.feed(self._decoder.add(token_id))
+    def add(self, token_id: int, stops_armed: bool = True) -> tuple[str, bool]:
+        """(new visible text, whether a stop string ended the generation); with
+        `stops_armed` False this token's text is not matched against stop strings."""
+        return self._stops.feed(self._decoder.add(token_id), stops_armed)
 
-    def finish(self) -> tuple[str, bool]:
+    def finish(self, stops_armed: bool = True) -> tuple[str, bool]:
         """The remaining text at the end of the generation; a stop string may still be in it."""
-        text, stopped = self._stops.feed(self._decoder.flush())
+        text, stopped = self._stops.feed(self._decoder.flush(), stops_armed)
         return (text, True) if stopped else (text + self._stops.flush(), False)

@@ -78,10 +78,13 @@ class ReasoningCount:
     inside: bool
     count: int = 0
 
-    def add(self, token_id: int) -> None:
+    def add(self, token_id: int) -> bool:
+        """Count `token_id`; True when it is part of the reasoning (its markers too)."""
         if self.inside or token_id == self.open_id:
             self.count += 1
             self.inside = token_id != self.close_id
+            return True
+        return False
 
 
 Pieces = Iterator[Admitted | TextPiece | KeepAlive | Outcome]
@@ -189,15 +192,18 @@ def generate(
                 admitted = True
                 yield Admitted(_cached_tokens(event))
             if isinstance(event, Finished):
-                yield from _finish(event, text, pending, reasoning.count)
+                yield from _finish(event, text, pending, reasoning)
                 return
             if not isinstance(event, TokenEvent):
                 continue  # prefill progress: only keeps the keep-alive clock honest
             completion_tokens += 1
+            thinking = False
             if event.token_id not in text.skip_ids:  # an end-of-sequence token is no text
-                reasoning.add(event.token_id)
+                thinking = reasoning.add(event.token_id)
                 pending.append(event)
-            piece, stopped = text.add(event.token_id)
+            # Stop strings end the answer: inside the reasoning they wait (a thought that
+            # restates "Question:" must not leave the reply without its answer).
+            piece, stopped = text.add(event.token_id, stops_armed=not thinking)
             if piece or stopped:
                 yield TextPiece(piece, tuple(pending))
                 pending.clear()
@@ -218,16 +224,16 @@ def _cached_tokens(event: Event) -> int:
 
 
 def _finish(
-    event: Finished, text: TextStream, pending: list[TokenEvent], reasoning_tokens: int
+    event: Finished, text: TextStream, pending: list[TokenEvent], reasoning: ReasoningCount
 ) -> Iterator[TextPiece | Outcome]:
     if event.reason == "cancelled":
         raise GenerationFailed("the generation was cancelled by the server", "cancelled")
-    piece, stopped = text.finish()
+    piece, stopped = text.finish(stops_armed=not reasoning.inside)
     if piece or pending:
         yield TextPiece(piece, tuple(pending))
     reason = "stop" if stopped else event.reason
     counts = (event.prompt_tokens, event.completion_tokens, event.cached_tokens)
-    yield Outcome(reason, *counts, text.stop_sequence, reasoning_tokens)
+    yield Outcome(reason, *counts, text.stop_sequence, reasoning.count)
 
 
 def _stop_early(

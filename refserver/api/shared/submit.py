@@ -75,10 +75,12 @@ class Submitter:
         # waitress (with channel_request_lookahead) tells whether the client hung up.
         client_gone = request.environ.get("waitress.client_disconnected", lambda: False)
         prompt_tokens = len(prompt.token_ids)
+        close_id = vocab.marker_id(THINK_END)
         reasoning = ReasoningCount(
             vocab.marker_id(THINK_START),
-            vocab.marker_id(THINK_END),
-            inside=prompt_opens_reasoning(prompt.text or ""),
+            close_id,
+            # Without a </think> token nothing could close it: no reasoning is counted.
+            inside=close_id is not None and prompt_opens_reasoning(prompt.text or ""),
         )
         keepalive = settings.keepalive_seconds
         pieces = generate(pump, text, prompt_tokens, keepalive, client_gone, reasoning)
