@@ -81,9 +81,9 @@ class PipelineStage:
             total += 2 * attention.num_key_value_heads * attention.head_dim
         return total * self.hidden_dtype.size
 
-    def make_cache(self) -> list[KVCache]:
+    def make_cache(self, cache_type: type[KVCache] = KVCache) -> list[KVCache]:
         """A KV cache for this rank's own layers only."""
-        return [KVCache() for _ in self.layers]
+        return [cache_type() for _ in self.layers]
 
     def forward(
         self, tokens: mx.array | None, cache: list, batch: int, length: int, last_only: bool = False

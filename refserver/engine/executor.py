@@ -1,8 +1,8 @@
 """Runs work items against this rank's stage and KV caches (the same code on every rank).
 
 A sequence's prompt is prefilled in its own cache, exactly as mlx_lm.generate_step
-does it; it then joins a micro-batch, whose caches are mlx_lm BatchKVCaches that
-grow with joins and shrink with drops.
+does it; it then joins a micro-batch, whose caches are BatchKVCaches that grow with
+joins and shrink with drops (mlx_lm's, sized as the KV ledger counts: kv_caches).
 """
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import mlx.core as mx
-from mlx_lm.models.cache import BatchKVCache, KVCache
+from mlx_lm.models.cache import KVCache
 
 from ..pipeline import PipelineStage
+from .kv_caches import StepBatchKVCache, StepKVCache, exact_prefix, shared_prefix
 from .rank_stats import RingWaitClock
 from .work import Decode, Prefill, Release, WorkItem
 
@@ -64,9 +65,9 @@ class StageExecutor:
 
     def _new_cache(self, reuse: list[int] | None) -> list:
         if reuse is None:
-            return self.stage.make_cache()
+            return self.stage.make_cache(StepKVCache)
         entry, length = reuse
-        return [_prefix_of(layer, length) for layer in self.entries[entry]]
+        return [shared_prefix(layer, length) for layer in self.entries[entry]]
 
     def _decode(self, item: Decode, inputs: mx.array | None) -> mx.array | None:
         batch = self.batches.setdefault(item.batch, MicroBatch())
@@ -110,7 +111,7 @@ class StageExecutor:
                 del self.entries[op[1]]
             else:
                 _, seq, entry, length = op
-                self.entries[entry] = [_prefix_of(c, length) for c in self._cache_of(seq)]
+                self.entries[entry] = [exact_prefix(c, length) for c in self._cache_of(seq)]
 
     def _cache_of(self, seq: str) -> list[KVCache]:
         """A sequence's own cache per layer, also when it is a row of a micro-batch."""
@@ -123,7 +124,7 @@ class StageExecutor:
     def _join(self, batch: MicroBatch, batch_id: int, seqs: list[str]) -> None:
         joining = [self.pending.pop(seq) for seq in seqs]
         merged = [
-            BatchKVCache.merge([cache[layer] for cache in joining])
+            StepBatchKVCache.merge([cache[layer] for cache in joining])
             for layer in range(len(self.stage.layers))
         ]
         if batch.caches:
@@ -161,13 +162,3 @@ class StageExecutor:
             if inputs.ndim == 1:
                 inputs = inputs[None]
         return self.stage.forward(inputs, cache, batch, length, last_only)
-
-
-def _prefix_of(cache: KVCache, length: int) -> KVCache:
-    """A new cache holding the first `length` positions of `cache` (which stays as it is:
-    the new one's first write reallocates, since its buffer is exactly full)."""
-    prefix = KVCache()
-    prefix.keys = cache.keys[..., :length, :]
-    prefix.values = cache.values[..., :length, :]
-    prefix.offset = length
-    return prefix

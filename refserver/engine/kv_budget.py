@@ -4,10 +4,10 @@ Each rank holds KV only for its own layers, so a token costs each rank a differe
 number of bytes; each rank states its budget and its bytes per token when it is
 ready, and the cluster's capacity in tokens is that of its tightest rank. Rank 0
 reserves, for every sequence it admits, the most it can ever hold (prompt plus
-max_tokens), and counts what mlx_lm's caches really allocate: a micro-batch's
-BatchKVCache is rectangular (rows × its longest row, in steps of 256 positions), a
-prompt being prefilled has its own cache until it joins, and cached prefixes keep
-theirs. A sequence that does not fit waits (cached prefixes are evicted first);
+max_tokens), and counts what the caches allocate (kv_caches sizes them so): a
+micro-batch's cache is rectangular (rows × its longest row, in steps of 256
+positions), a prompt being prefilled has its own cache until it joins, and cached
+prefixes keep theirs. A sequence that does not fit waits (cached prefixes are evicted first);
 one that could never fit is refused. Nothing is preempted: a running sequence
 never grows past what was reserved for it.
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-# mlx_lm's KVCache and BatchKVCache grow in steps of this many positions.
+# KV caches grow in steps of this many positions (as mlx_lm's do).
 KV_STEP = 256
 # Without --kv-budget, the share of the memory left after the weights that KV may take:
 # the rest stays for activations, the prefill's temporaries and the system.
