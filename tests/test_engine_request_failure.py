@@ -61,6 +61,20 @@ def test_sampling_at_its_edges_ends_normally_or_fails_the_request_alone(settings
     assert not scheduler.active
 
 
+def test_an_empty_prompt_fails_its_request_only():
+    """The APIs refuse one; an engine caller that sends one must not reach the ranks."""
+    scheduler = Scheduler({EOS}, max_batch=4)
+    empty = Sequence(GenerationRequest("empty", [], max_tokens=4))
+    fine = _sequence("fine")
+    scheduler.add(empty)
+    scheduler.add(fine)
+    issued = run(scheduler, 40)
+    (failure,) = events(empty)
+    assert failure.code == "request_failed" and "no tokens" in failure.message
+    assert isinstance(events(fine)[-1], Finished)
+    assert all(getattr(item, "seq", None) != "empty" for item in issued)
+
+
 def test_a_sampler_that_cannot_be_made_fails_its_request_only(monkeypatch):
     real = sampling.SequenceSampler.__init__
 

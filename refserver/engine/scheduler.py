@@ -104,6 +104,8 @@ class Scheduler:
     def add(self, sequence: Sequence) -> None:
         prompt = sequence.request.prompt_tokens
         try:
+            if not prompt:  # nothing to compute: on the ranks, a failure of them all
+                raise ValueError("the prompt has no tokens")
             sequence.sampler = SequenceSampler(sequence.request.sampling, prompt)
         except Exception as exc:  # the request's own settings: it fails alone
             sequence.done = True
