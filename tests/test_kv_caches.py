@@ -113,7 +113,6 @@ def test_a_kept_prefix_does_not_hold_the_buffer_it_was_copied_from():
     source = StepKVCache()
     source.update_and_fetch(_positions(0, 2000), _positions(0, 2000))
     kept = exact_prefix(source, 100)
-    mx.eval(kept.keys, kept.values)
     del source
     assert kept.keys.shape[2] == kept.offset == 100
     assert _live_positions() - start <= 100 + 1
@@ -134,9 +133,12 @@ class _OneLayerStage:
     def forward(self, inputs, cache, batch, length, last_only=False):
         rows, count = inputs.shape
         start = cache[0].offset if isinstance(cache[0], KVCache) else cache[0]._idx
-        cache[0].update_and_fetch(_positions(start, count, rows), _positions(start, count, rows))
+        keys, values = cache[0].update_and_fetch(
+            _positions(start, count, rows), _positions(start, count, rows)
+        )
+        read = (keys.sum() + values.sum()) * 0  # the output depends on the cache, as attention's
         logits = mx.zeros((rows, 1 if last_only else count, VOCAB)).at[..., LIKELY].add(5.0)
-        return logits, None
+        return logits + read, None
 
 
 def _prompt(length: int, first: int = 1) -> list[int]:
@@ -197,15 +199,10 @@ def test_what_a_rank_holds_stays_within_what_the_ledger_counts(
             continue
         counted = scheduler._kv_positions()
         logits = executor.run(item)
-        mx.eval([(c.keys, c.values) for c in _all_caches(executor) if c.keys is not None])
+        if logits is not None:
+            mx.eval(logits)  # as the sampler does; nothing else is evaluated here
         worst = max(worst, _live_positions() - baseline - counted)
         scheduler.on_result(item, scheduler.start_sampling(item, logits))
         scheduler.flush()
     assert worst <= 16  # an item's logits and token arrays, not KV
     assert all(isinstance(events(s)[-1], Finished) for s in sequences.values())
-
-
-def _all_caches(executor: StageExecutor) -> list:
-    caches = [cache for layers in executor.pending.values() for cache in layers]
-    caches += [cache for batch in executor.batches.values() for cache in batch.caches]
-    return caches + [cache for layers in executor.entries.values() for cache in layers]

@@ -51,8 +51,11 @@ class StepBatchKVCache(BatchKVCache):
 
 def exact_prefix(cache: KVCache, length: int) -> StepKVCache:
     """A cache holding a copy of the first `length` positions of `cache`: a prefix kept
-    for later (a slice would keep the whole buffer it came from alive)."""
-    return _starting_with(cache, length, mx.contiguous)
+    for later (a slice would keep the whole buffer it came from alive). The copy is
+    made now: left lazy, it would keep that buffer until the entry is next read."""
+    prefix = _starting_with(cache, length, mx.contiguous)
+    mx.eval(prefix.keys, prefix.values)
+    return prefix
 
 
 def shared_prefix(cache: KVCache, length: int) -> StepKVCache:
