@@ -130,6 +130,15 @@ def test_one_rank_runs_out_of_memory_while_loading(tiny_model, tmp_path):
     assert "loaded layers 2-3" in logs.text(0)  # rank 0 itself loaded
 
 
+def test_a_kv_budget_that_holds_no_request(tiny_model):
+    """Serving would refuse every request: the cluster does not start, and says why."""
+    logs = Logs()
+    args = ("--connect-timeout", CONNECT_TIMEOUT, "--kv-budget", "1KB")
+    server = ServerCluster(2, tiny_model, extra_args=args, sink=logs)
+    codes, elapsed = run_to_exit(server)
+    assert_failed_cleanly(codes, elapsed, logs, "KV budget is too small", "at least 512")
+
+
 def test_http_port_in_use(tiny_model):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -29,7 +29,7 @@ from .interface import (
     NotReadyError,
     QueueFullError,
 )
-from .kv_budget import KvLedger, RankKv
+from .kv_budget import KV_STEP, KvLedger, RankKv, held_positions
 from .liveness import (
     BLAME_DELAY_SECONDS,
     IDLE_WAKE_SECONDS,
@@ -230,9 +230,21 @@ class PipelineEngine:
     def _size_kv(self) -> None:
         """The cluster holds as many tokens of KV as its tightest rank."""
         tightest = min(self._kv_by_rank, key=lambda r: self._kv_by_rank[r].capacity_tokens)
-        capacity = self._kv_by_rank[tightest].capacity_tokens
-        self.scheduler.ledger = KvLedger(capacity)
-        log.info("KV capacity: %d tokens (rank %d is the tightest)", capacity, tightest)
+        kv = self._kv_by_rank[tightest]
+        ledger = KvLedger(kv.capacity_tokens)
+        if ledger.never_fits(1, 2):  # not even a one-token prompt and its one token
+            least = held_positions([[2]], [1])
+            error = (
+                f"the KV budget is too small: rank {tightest}'s {kv.budget_bytes} bytes hold "
+                f"{kv.capacity_tokens} tokens at {kv.bytes_per_token} bytes each, and a "
+                f"request needs at least {least} (its prompt's cache and its row take "
+                f"{KV_STEP} positions each): set --kv-budget to at least "
+                f"{least * kv.bytes_per_token} bytes"
+            )
+            self._tell_peers({"type": "shutdown", "error": error})
+            raise ControlError(error)
+        self.scheduler.ledger = ledger
+        log.info("KV capacity: %d tokens (rank %d is the tightest)", kv.capacity_tokens, tightest)
 
     def run(self, drain_seconds: float = 30.0) -> int:
         """Serve until drained (returns 0) or failed (the process exits non-zero)."""
