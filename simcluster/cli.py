@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -68,6 +69,8 @@ def cmd_serve(args) -> int:
     from .launch import RankFailed
     from .serve import ServerCluster
 
+    # SIGTERM (a supervisor, `kill`) stops the ranks as Ctrl-C does: each drains first.
+    signal.signal(signal.SIGTERM, _interrupt)
     with tempfile.TemporaryDirectory(prefix="simcluster-") as tmp:
         model = _resolve_model(args, Path(tmp))
         cluster = ServerCluster(
@@ -85,6 +88,10 @@ def cmd_serve(args) -> int:
         finally:
             cluster.ranks.stop()
     return 0
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,13 +3,18 @@ grace period (or end with an error past it), then every rank exits 0."""
 
 from __future__ import annotations
 
+import select
 import signal
+import subprocess
+import sys
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 from rank_helpers import Logs, chat_body, long_body, open_stream, post, sse_events, wait_until
 
+from simcluster.launch import free_ports
 from simcluster.serve import ServerCluster
 
 pytestmark = pytest.mark.slow
@@ -75,3 +80,27 @@ def test_requests_still_running_when_the_grace_period_ends_get_an_error(tiny_mod
         assert events[-1] == "[DONE]"
         assert "shut down" in events[-2]["error"]["message"], events[-2]
         assert server.ranks.exit_codes(timeout=EXIT_WITHIN) == [0, 0]
+
+
+def test_sigterm_to_simcluster_serve_drains_its_ranks(tiny_model, tmp_path):
+    """As a supervisor stops it: the running stream ends properly, every rank drains."""
+    port = free_ports(1)[0]
+    command = [sys.executable, "-m", "simcluster.cli", "serve", "-n", "2"]
+    command += ["--model", str(tiny_model), "--port", str(port)]
+    stderr = tmp_path / "stderr.txt"
+    launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr.open("w"), text=True)
+    try:
+        assert select.select([launcher.stdout], [], [], 120)[0], "no rank became healthy"
+        assert "serving" in launcher.stdout.readline()
+        server = SimpleNamespace(host="127.0.0.1", port=port)
+        sock, _ = open_stream(server, long_body(200), events=3)
+        launcher.send_signal(signal.SIGTERM)
+        events = sse_events(read_all(sock, timeout=EXIT_WITHIN))
+        sock.close()
+        assert launcher.wait(timeout=EXIT_WITHIN) == 0
+        assert events[-1] == "[DONE]", events[-3:]
+        assert "received SIGTERM: draining" in stderr.read_text()
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
