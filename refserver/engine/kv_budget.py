@@ -7,9 +7,9 @@ reserves, for every sequence it admits, the most it can ever hold (prompt plus
 max_tokens), and counts what the caches allocate (kv_caches sizes them so): a
 micro-batch's cache is rectangular (rows × its longest row, in steps of 256
 positions), a prompt being prefilled has its own cache until it joins, and cached
-prefixes keep theirs. A sequence that does not fit waits (cached prefixes are evicted first);
-one that could never fit is refused. Nothing is preempted: a running sequence
-never grows past what was reserved for it.
+prefixes keep theirs. A sequence that does not fit waits (cached prefixes are
+evicted first); one that could never fit is refused. Nothing is preempted: a
+running sequence never grows past what was reserved for it.
 """
 
 from __future__ import annotations
