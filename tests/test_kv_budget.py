@@ -13,6 +13,7 @@ from refserver.engine.kv_budget import (
     KvLedger,
     RankKv,
     held_positions,
+    least_useful_budget,
     parse_size,
     rounded,
 )
@@ -54,6 +55,18 @@ def test_parse_size_refuses(text):
 )
 def test_held_positions(batches, prompts, positions):
     assert held_positions(batches, prompts) == positions
+
+
+@pytest.mark.parametrize(
+    "bytes_per_token",
+    [[512, 512], [2048, 4096], [8192, 1024], [1000, 3000, 2000]],  # uneven splits too
+)
+def test_the_least_useful_budget_lets_every_rank_hold_one_request(bytes_per_token):
+    budget = least_useful_budget([RankKv(1, b) for b in bytes_per_token])
+    for per_token in bytes_per_token:
+        assert not KvLedger(RankKv(budget, per_token).capacity_tokens).never_fits(1, 2)
+    heaviest = max(bytes_per_token)
+    assert KvLedger(RankKv(budget - 1, heaviest).capacity_tokens).never_fits(1, 2)
 
 
 def test_rank_capacity_and_never_fits():

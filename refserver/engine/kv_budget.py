@@ -96,6 +96,12 @@ def held_positions(batches: list[list[int]], prefilling_prompts: list[int]) -> i
     return used + sum(rounded(prompt) for prompt in prefilling_prompts)
 
 
+def least_useful_budget(ranks: list[RankKv]) -> int:
+    """The least --kv-budget (every rank's) with which every rank holds one request: a
+    one-token prompt's cache and its row."""
+    return held_positions([[2]], [1]) * max(rank.bytes_per_token for rank in ranks)
+
+
 class KvLedger:
     """The cluster's KV capacity in positions, and the most rank 0's decisions held."""
 

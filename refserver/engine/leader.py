@@ -29,7 +29,7 @@ from .interface import (
     NotReadyError,
     QueueFullError,
 )
-from .kv_budget import KV_STEP, KvLedger, RankKv, held_positions
+from .kv_budget import KV_STEP, KvLedger, RankKv, least_useful_budget
 from .liveness import (
     BLAME_DELAY_SECONDS,
     IDLE_WAKE_SECONDS,
@@ -233,13 +233,12 @@ class PipelineEngine:
         kv = self._kv_by_rank[tightest]
         ledger = KvLedger(kv.capacity_tokens)
         if ledger.never_fits(1, 2):  # not even a one-token prompt and its one token
-            least = held_positions([[2]], [1])
+            enough = least_useful_budget(list(self._kv_by_rank.values()))
             error = (
                 f"the KV budget is too small: rank {tightest}'s {kv.budget_bytes} bytes hold "
                 f"{kv.capacity_tokens} tokens at {kv.bytes_per_token} bytes each, and a "
-                f"request needs at least {least} (its prompt's cache and its row take "
-                f"{KV_STEP} positions each): set --kv-budget to at least "
-                f"{least * kv.bytes_per_token} bytes"
+                f"request needs at least {2 * KV_STEP} (its prompt's cache and its row take "
+                f"{KV_STEP} positions each): set --kv-budget to at least {enough} bytes"
             )
             self._tell_peers({"type": "shutdown", "error": error})
             raise ControlError(error)
