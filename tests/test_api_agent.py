@@ -156,6 +156,9 @@ def test_a_call_cut_by_a_stop_string_is_stop_and_kept_as_content(tiny_tokenizer,
         ("Say = here.</think>x = 1", "=", "x", "stop"),
         ("Question: what?</think>Answer.", "Question:", "Answer.", "stop"),  # never in it
         ("Question: still thinking", "Question:", "", "stop"),  # it ends in its reasoning
+        ("let me see</think>The answer is 4.", "</think>", "", "stop"),  # reasoning only
+        # The answer starts at its first text, not at the blank lines after </think>.
+        ("Thought.</think>\n\nAnswer.\n\nMore", "\n\n", "Answer.", "stop"),
     ],
 )
 @pytest.mark.parametrize("stream", [False, True])
@@ -166,6 +169,25 @@ def test_stop_strings_wait_for_the_answer(tiny_tokenizer, stream, output, stop, 
     assert _content_and_reason(client, stream, stop=[stop]) == (content, reason)
     message = _chat(client, stop=[stop]).get_json()["choices"][0]["message"]
     assert message["reasoning_content"] == output.split("</think>")[0]
+
+
+@pytest.mark.parametrize(
+    "output, stop, text",
+    [
+        # The model opens its reasoning itself: the stop string waits for the answer.
+        (
+            "<think>Question: x</think>Yes. Question: y",
+            "Question:",
+            "<think>Question: x</think>Yes. ",
+        ),
+        ("Yes. Question: y", "Question:", "Yes. "),
+    ],
+)
+def test_completions_stop_strings_wait_for_the_answer(tiny_tokenizer, output, stop, text):
+    client, _ = scripted(tiny_tokenizer, output)
+    body = {"prompt": "Question: 2+2?\nAnswer:", "stop": [stop], "max_tokens": 50}
+    choice = client.post("/v1/completions", json=body).get_json()["choices"][0]
+    assert (choice["text"], choice["finish_reason"]) == (text, "stop")
 
 
 @pytest.mark.parametrize("stream", [False, True])

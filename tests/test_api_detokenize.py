@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from api_fakes import build_tokenizer, byte_tokens
 
-from refserver.api.shared.detokenize import IncrementalDecoder, StopMatcher, TextStream
+from refserver.api.shared.detokenize import IncrementalDecoder, Phase, StopMatcher, TextStream
+from refserver.api.shared.generation import ReasoningCount
 from refserver.api.shared.prompting import _eos_token_ids
 
 TOKENIZER = build_tokenizer()
@@ -106,6 +107,12 @@ def test_a_disarmed_matcher_lets_text_through_and_then_matches_what_follows():
     assert matcher.feed("a Q") == ("a ", False)  # "Q" may start a stop: held
     assert matcher.feed(": b", armed=False) == ("Q: b", False)  # released unmatched
     assert matcher.feed(" Q: c") == (" ", True) and matcher.matched == "Q:"
+
+
+def test_without_a_closing_token_an_opening_one_opens_no_reasoning():
+    reasoning = ReasoningCount(open_id=7, close_id=None, inside=False)
+    assert [reasoning.add(token) for token in (7, 1, 2)] == [Phase.ANSWER] * 3
+    assert reasoning.count == 0
 
 
 def test_stop_string_found_at_finish_is_cut():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
+from enum import Enum
 
 REPLACEMENT = "\ufffd"
 # A UTF-8 character has at most 4 bytes: a tail still incomplete after this many
@@ -96,6 +97,16 @@ class StopMatcher:
         return 0
 
 
+class Phase(Enum):
+    """Where a token of the reply stands: stop strings end the answer, so they wait
+    through the reasoning, match its closing marker (a client may stop there), and
+    start on the answer's first text, not on the blank lines that follow the marker."""
+
+    REASONING = "reasoning"
+    REASONING_END = "reasoning_end"
+    ANSWER = "answer"
+
+
 class TextStream:
     """Token ids in, visible text out: incremental decoding followed by stop strings.
 
@@ -111,18 +122,34 @@ class TextStream:
         self.skip_ids = skip_ids
         self._decoder = IncrementalDecoder(decode, skip_ids)
         self._stops = StopMatcher(stops)
+        self._answer_blank = False  # after the reasoning, no answer text yet
 
     @property
     def stop_sequence(self) -> str | None:
         """The stop string that ended the text, if one did."""
         return self._stops.matched
 
-    def add(self, token_id: int, stops_armed: bool = True) -> tuple[str, bool]:
-        """(new visible text, whether a stop string ended the generation); with
-        `stops_armed` False this token's text is not matched against stop strings."""
-        return self._stops.feed(self._decoder.add(token_id), stops_armed)
+    def add(self, token_id: int, phase: Phase = Phase.ANSWER) -> tuple[str, bool]:
+        """(new visible text, whether a stop string ended the generation)."""
+        return self._match(self._decoder.add(token_id), phase)
 
-    def finish(self, stops_armed: bool = True) -> tuple[str, bool]:
+    def finish(self, phase: Phase = Phase.ANSWER) -> tuple[str, bool]:
         """The remaining text at the end of the generation; a stop string may still be in it."""
-        text, stopped = self._stops.feed(self._decoder.flush(), stops_armed)
+        text, stopped = self._match(self._decoder.flush(), phase)
         return (text, True) if stopped else (text + self._stops.flush(), False)
+
+    def _match(self, text: str, phase: Phase) -> tuple[str, bool]:
+        if phase is Phase.REASONING:
+            return self._stops.feed(text, armed=False)
+        if phase is Phase.REASONING_END:
+            self._answer_blank = True
+            return self._stops.feed(text)
+        if not self._answer_blank:
+            return self._stops.feed(text)
+        answer = text.lstrip()
+        blank, _ = self._stops.feed(text[: len(text) - len(answer)], armed=False)
+        if not answer:
+            return blank, False
+        self._answer_blank = False
+        released, stopped = self._stops.feed(answer)
+        return blank + released, stopped

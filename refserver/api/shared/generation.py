@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from refserver.api.shared.detokenize import TextStream
+from refserver.api.shared.detokenize import Phase, TextStream
 from refserver.engine.interface import (
     Engine,
     ErrorEvent,
@@ -78,13 +78,15 @@ class ReasoningCount:
     inside: bool
     count: int = 0
 
-    def add(self, token_id: int) -> bool:
-        """Count `token_id`; True when it is part of the reasoning (its markers too)."""
-        if self.inside or token_id == self.open_id:
-            self.count += 1
-            self.inside = token_id != self.close_id
-            return True
-        return False
+    def add(self, token_id: int) -> Phase:
+        """Count `token_id`; where it stands (its markers count as reasoning). Without a
+        ``</think>`` token, a ``<think>`` could not be closed: it opens nothing."""
+        opens = token_id == self.open_id and self.close_id is not None
+        if not (self.inside or opens):
+            return Phase.ANSWER
+        self.count += 1
+        self.inside = token_id != self.close_id
+        return Phase.REASONING if self.inside else Phase.REASONING_END
 
 
 Pieces = Iterator[Admitted | TextPiece | KeepAlive | Outcome]
@@ -197,13 +199,13 @@ def generate(
             if not isinstance(event, TokenEvent):
                 continue  # prefill progress: only keeps the keep-alive clock honest
             completion_tokens += 1
-            thinking = False
+            phase = Phase.ANSWER
             if event.token_id not in text.skip_ids:  # an end-of-sequence token is no text
-                thinking = reasoning.add(event.token_id)
+                phase = reasoning.add(event.token_id)
                 pending.append(event)
-            # Stop strings end the answer: inside the reasoning they wait (a thought that
-            # restates "Question:" must not leave the reply without its answer).
-            piece, stopped = text.add(event.token_id, stops_armed=not thinking)
+            # Stop strings end the answer: a thought that restates "Question:" must not
+            # leave the reply without its answer.
+            piece, stopped = text.add(event.token_id, phase)
             if piece or stopped:
                 yield TextPiece(piece, tuple(pending))
                 pending.clear()
@@ -228,7 +230,7 @@ def _finish(
 ) -> Iterator[TextPiece | Outcome]:
     if event.reason == "cancelled":
         raise GenerationFailed("the generation was cancelled by the server", "cancelled")
-    piece, stopped = text.finish(stops_armed=not reasoning.inside)
+    piece, stopped = text.finish(Phase.REASONING if reasoning.inside else Phase.ANSWER)
     if piece or pending:
         yield TextPiece(piece, tuple(pending))
     reason = "stop" if stopped else event.reason
