@@ -86,6 +86,9 @@ def cmd_serve(args) -> int:
         except KeyboardInterrupt:
             print("simcluster serve: stopping every rank", file=sys.stderr)
         finally:
+            # A second Ctrl-C or SIGTERM must not cut the stop short (before its SIGKILLs).
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
             cluster.ranks.stop()
     return 0
 
