@@ -45,9 +45,12 @@ def tokenizer(tiny_model):
     return AutoTokenizer.from_pretrained(str(tiny_model))
 
 
-def chat_prompt(tokenizer, text: str) -> list[int]:
+def chat_prompt(tokenizer, text: str, **template_kwargs) -> list[int]:
     rendered = tokenizer.apply_chat_template(
-        [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
+        [{"role": "user", "content": text}],
+        add_generation_prompt=True,
+        tokenize=False,
+        **template_kwargs,
     )
     return tokenizer.encode(rendered, add_special_tokens=False)
 
@@ -63,10 +66,11 @@ def until_eos(tokenizer, tokens: list[int]) -> str:
     return tokenizer.decode(tokens, skip_special_tokens=True)
 
 
-def as_message(text: str) -> tuple[str, str]:
+def as_message(text: str, thinking: bool = True) -> tuple[str, str]:
     """(reasoning_content, content) the server makes of a raw text: the chat template
-    opens <think>, so a random model's text is reasoning up to a </think>, if any."""
-    parsed = parse_output(text, parse_tool_calls=False, starts_in_reasoning=True)
+    opens <think> (unless thinking is off), so a random model's text is reasoning up
+    to a </think>, if any."""
+    parsed = parse_output(text, parse_tool_calls=False, starts_in_reasoning=thinking)
     return parsed.reasoning, parsed.content
 
 
@@ -127,7 +131,8 @@ def test_completions(client, tiny_model, tokenizer):
 
 
 def test_stop_string_across_token_boundary(client, tiny_model, tokenizer):
-    prompt = chat_prompt(tokenizer, PROMPTS[3])
+    # Without thinking: the random model's text is the answer, where stop strings match.
+    prompt = chat_prompt(tokenizer, PROMPTS[3], enable_thinking=False)
     tokens = reference_tokens(tiny_model, prompt, 40)
     pieces = [
         tokenizer.decode(tokens[: i + 1], skip_special_tokens=True) for i in range(len(tokens))
@@ -140,8 +145,9 @@ def test_stop_string_across_token_boundary(client, tiny_model, tokenizer):
     )
     stop = pieces[boundary + 1][len(pieces[boundary]) - 1 : len(pieces[boundary]) + 1]
     before = pieces[boundary + 1][: pieces[boundary + 1].index(stop)]
-    response = ask(client, PROMPTS[3], max_tokens=40, stop=[stop])
-    assert message_of(response) == as_message(before)
+    no_thinking = {"chat_template_kwargs": {"enable_thinking": False}}
+    response = ask(client, PROMPTS[3], max_tokens=40, stop=[stop], extra_body=no_thinking)
+    assert message_of(response) == as_message(before, thinking=False)
     assert response.choices[0].finish_reason == "stop"
 
 
