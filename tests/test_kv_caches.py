@@ -13,7 +13,7 @@ from refserver.engine.chunking import ChunkPolicy, ChunkSizer
 from refserver.engine.executor import StageExecutor
 from refserver.engine.interface import Finished, GenerationRequest
 from refserver.engine.kv_budget import rounded
-from refserver.engine.kv_caches import StepBatchKVCache, StepKVCache, exact_prefix
+from refserver.engine.kv_caches import StepBatchKVCache, StepKVCache, exact_prefixes
 from refserver.engine.scheduler import Scheduler, Sequence
 
 HEADS, DIM = 4, 64
@@ -112,7 +112,7 @@ def test_a_kept_prefix_does_not_hold_the_buffer_it_was_copied_from():
     start = _live_positions()
     source = StepKVCache()
     source.update_and_fetch(_positions(0, 2000), _positions(0, 2000))
-    kept = exact_prefix(source, 100)
+    (kept,) = exact_prefixes([source], 100)
     del source
     assert kept.keys.shape[2] == kept.offset == 100
     assert _live_positions() - start <= 100 + 1

@@ -13,7 +13,7 @@ import mlx.core as mx
 from mlx_lm.models.cache import KVCache
 
 from ..pipeline import PipelineStage
-from .kv_caches import StepBatchKVCache, StepKVCache, exact_prefix, shared_prefix
+from .kv_caches import StepBatchKVCache, StepKVCache, exact_prefixes, shared_prefix
 from .rank_stats import RingWaitClock
 from .work import Decode, Prefill, Release, WorkItem
 
@@ -111,7 +111,7 @@ class StageExecutor:
                 del self.entries[op[1]]
             else:
                 _, seq, entry, length = op
-                self.entries[entry] = [exact_prefix(c, length) for c in self._cache_of(seq)]
+                self.entries[entry] = exact_prefixes(self._cache_of(seq), length)
 
     def _cache_of(self, seq: str) -> list[KVCache]:
         """A sequence's own cache per layer, also when it is a row of a micro-batch."""

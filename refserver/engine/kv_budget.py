@@ -96,10 +96,13 @@ def held_positions(batches: list[list[int]], prefilling_prompts: list[int]) -> i
     return used + sum(rounded(prompt) for prompt in prefilling_prompts)
 
 
+# The KV positions of the smallest request: a one-token prompt's cache and its row.
+LEAST_POSITIONS = 2 * KV_STEP
+
+
 def least_useful_budget(ranks: list[RankKv]) -> int:
-    """The least --kv-budget (every rank's) with which every rank holds one request: a
-    one-token prompt's cache and its row."""
-    return held_positions([[2]], [1]) * max(rank.bytes_per_token for rank in ranks)
+    """The least --kv-budget (every rank's) with which every rank holds one request."""
+    return LEAST_POSITIONS * max(rank.bytes_per_token for rank in ranks)
 
 
 class KvLedger:

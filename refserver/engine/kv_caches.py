@@ -49,13 +49,14 @@ class StepBatchKVCache(BatchKVCache):
             self.values = _copy(self.values, self._idx, width, self.values)
 
 
-def exact_prefix(cache: KVCache, length: int) -> StepKVCache:
-    """A cache holding a copy of the first `length` positions of `cache`: a prefix kept
-    for later (a slice would keep the whole buffer it came from alive). The copy is
-    made now: left lazy, it would keep that buffer until the entry is next read."""
-    prefix = _starting_with(cache, length, mx.contiguous)
-    mx.eval(prefix.keys, prefix.values)
-    return prefix
+def exact_prefixes(caches: list[KVCache], length: int) -> list[StepKVCache]:
+    """Per layer, a cache holding a copy of the first `length` positions of `caches`': a
+    prefix kept for later (a slice would keep the whole buffer it came from alive). The
+    copies are made now, all layers at once: left lazy, they would keep those buffers
+    until the entry is next read."""
+    prefixes = [_starting_with(cache, length, mx.contiguous) for cache in caches]
+    mx.eval([(prefix.keys, prefix.values) for prefix in prefixes])
+    return prefixes
 
 
 def shared_prefix(cache: KVCache, length: int) -> StepKVCache:

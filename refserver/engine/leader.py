@@ -29,7 +29,7 @@ from .interface import (
     NotReadyError,
     QueueFullError,
 )
-from .kv_budget import KV_STEP, KvLedger, RankKv, least_useful_budget
+from .kv_budget import KV_STEP, LEAST_POSITIONS, KvLedger, RankKv, least_useful_budget
 from .liveness import (
     BLAME_DELAY_SECONDS,
     IDLE_WAKE_SECONDS,
@@ -237,7 +237,7 @@ class PipelineEngine:
             error = (
                 f"the KV budget is too small: rank {tightest}'s {kv.budget_bytes} bytes hold "
                 f"{kv.capacity_tokens} tokens at {kv.bytes_per_token} bytes each, and a "
-                f"request needs at least {2 * KV_STEP} (its prompt's cache and its row take "
+                f"request needs at least {LEAST_POSITIONS} (its prompt's cache and its row take "
                 f"{KV_STEP} positions each): set --kv-budget to at least {enough} bytes"
             )
             self._tell_peers({"type": "shutdown", "error": error})
