@@ -127,9 +127,12 @@ def post(
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     connection = http.client.HTTPConnection(cluster.host, cluster.port, timeout=timeout)
     try:
-        connection.request(
-            "POST", path, data, {"Content-Type": "application/json", **(headers or {})}
-        )
+        try:
+            connection.request(
+                "POST", path, data, {"Content-Type": "application/json", **(headers or {})}
+            )
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered before the whole body was sent (a 413): read it
         response = connection.getresponse()
         raw = response.read()
         try:
