@@ -71,13 +71,19 @@ def _read_until(sock, marker: bytes, limit=10.0) -> bytes:
 
 def _response(sock) -> tuple[int, dict]:
     """Status and JSON body of a response with Content-Length, then close."""
+    answer = _response_open(sock)
+    sock.close()
+    return answer
+
+
+def _response_open(sock) -> tuple[int, dict]:
+    """Status and JSON body of a response with Content-Length; the socket stays open."""
     data = _read_until(sock, b"\r\n\r\n")
     head, _, body = data.partition(b"\r\n\r\n")
     length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
                       if line.lower().startswith(b"content-length")))  # fmt: skip
     while len(body) < length:
         body += sock.recv(65536)
-    sock.close()
     return int(head.split()[1]), json.loads(body)
 
 
@@ -198,6 +204,38 @@ def test_body_limit_is_exact_and_named_exactly(serve, size, status):
     assert got_status == status
     if status == 413:
         assert "at most 1000 bytes" in payload["error"]["message"]
+
+
+@pytest.mark.parametrize("size", [4_000, 16 * 1024 * 1024])
+def test_a_client_that_sends_a_whole_body_over_the_limit_reads_the_413(serve, size):
+    """http.client (like most clients) sends the whole body before it reads a byte. The
+    server answers at the headers; a close then would reset the connection under the
+    client's send and lose the answer, so it closes only after the client has sent."""
+    port = serve(_engine(), max_body_bytes=1000)
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    connection.request("POST", "/v1/chat/completions", b" " * size)  # no BrokenPipeError
+    response = connection.getresponse()
+    payload = json.loads(response.read())
+    connection.close()
+    assert response.status == 413 and "at most 1000 bytes" in payload["error"]["message"]
+    reply = _sdk(port).chat.completions.create(model="tiny", messages=USER)
+    assert reply.choices[0].message.content == TEXT
+
+
+def test_a_refused_connection_that_never_closes_is_closed_after_lingering(serve, monkeypatch):
+    monkeypatch.setattr("refserver.api.server.LINGER_SECONDS", 0.5)
+    port = serve(_engine(), max_body_bytes=1000)
+    sock = _post(port, b"{", headers={"Content-Length": "52428800"})
+    status, _ = _response_open(sock)
+    sock.settimeout(10)
+    started = time.monotonic()
+    sock.sendall(b" " * 1000)  # still read (and discarded) while the server lingers
+    with pytest.raises((ConnectionResetError, BrokenPipeError)):
+        while time.monotonic() - started < 5:
+            sock.sendall(b" " * 1000)  # until it closes (a reset: we never read its FIN)
+            time.sleep(0.05)
+    sock.close()
+    assert status == 413 and time.monotonic() - started < 3
 
 
 def test_chunked_request_body_is_accepted(serve):

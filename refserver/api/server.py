@@ -161,9 +161,60 @@ class _JsonErrorTask(ErrorTask):
         self.response_headers.append(("x-request-id", request_id))
         self.response_headers.append(("request-id", request_id))
         self.set_close_on_finish()
+        self.channel.linger_before_close = True  # the rest of the body may still be arriving
         self.content_length = len(body)
         self.write(body)
 
 
+# How long a connection refused mid-body is read and discarded before it is closed.
+LINGER_SECONDS = 10.0
+
+
 class _JsonErrorChannel(HTTPChannel):
+    """waitress's channel, with its rejections as error objects and a lingering close.
+
+    waitress refuses a body over the limit as soon as it reads the headers, answers, and
+    closes. A client still sending the body then gets a connection reset, which destroys
+    the answer it has not read yet: it sees a broken pipe, not the 413. So after an error
+    answer the channel closes only its sending side, then reads and discards what the
+    client still sends until it closes too (or LINGER_SECONDS pass), as nginx's
+    lingering close does.
+    """
+
     error_task_class = _JsonErrorTask
+    linger_before_close = False
+    _linger_deadline: float | None = None
+
+    def handle_close(self) -> None:
+        if self.linger_before_close and self._linger_deadline is None and self._stop_sending():
+            self._linger_deadline = time.monotonic() + LINGER_SECONDS
+            self.will_close = self.close_when_flushed = False  # readable again
+            return
+        super().handle_close()
+
+    def _stop_sending(self) -> bool:
+        if self.total_outbufs_len or not self.connected or self.socket is None:
+            return False  # the answer was not all sent, or the client has gone: just close
+        try:
+            self.socket.shutdown(socket.SHUT_WR)
+        except OSError:
+            return False
+        return True
+
+    def readable(self) -> bool:
+        if self._linger_deadline is not None and time.monotonic() > self._linger_deadline:
+            # Closed from handle_write: the poll loop is iterating its channels now.
+            self.will_close = True
+            return False
+        return super().readable()
+
+    def handle_read(self) -> None:
+        if self._linger_deadline is None:
+            super().handle_read()
+            return
+        try:
+            data = self.recv(self.adj.recv_bytes)
+        except OSError:
+            data = b""
+        if not data:  # the client closed too
+            self.will_close = True
