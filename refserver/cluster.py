@@ -22,6 +22,7 @@ from . import control
 from .config import ClusterConfig
 from .control import Channel, ControlError, Hello
 from .engine.kv_budget import RankKv, derive_budget
+from .engine.mlx_memory import wire_working_set
 from .fingerprint import cluster_facts, compare_facts
 from .load_progress import LoadProgress, StartupBoard, reporting
 from .pipeline import PipelineStage, load_stage
@@ -80,6 +81,7 @@ def start(config: ClusterConfig, startup: StartupBoard | None = None) -> Cluster
     if config.world_size > 1:
         channels = _handshake(config, facts)
         group = _init_ring(config)
+    wire_working_set()
     log.info("loading layers %s", _describe(split, config.rank))
     progress, send = LoadProgress(config.rank), None
     if config.rank == 0:

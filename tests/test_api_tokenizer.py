@@ -13,9 +13,9 @@ from api_fakes import FakeEngine, settings
 from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast
 
+from refserver import free_memory
 from refserver.api import create_app
 from refserver.api.errors import ApiError
-from refserver.api.shared import prompting
 from refserver.api.shared.prompting import Vocabulary
 from simcluster.tokenizer import BOS, CHAT_TEMPLATE, EOS, MARKERS, TURN, train_tokenizer
 
@@ -98,7 +98,7 @@ def test_decoding_does_not_wait_for_a_long_encoding(tokenizer):
     assert slowest < 0.1
 
 
-@pytest.mark.skipif(prompting._LIBC is None, reason="malloc_trim is glibc's")
+@pytest.mark.skipif(free_memory._LIBC is None, reason="malloc_trim is glibc's")
 def test_a_huge_prompt_leaves_no_memory_behind():
     unbounded = Vocabulary(PreTrainedTokenizerFast(tokenizer_object=train_tokenizer(512)))
     before = _rss_mb()

@@ -107,6 +107,19 @@ def test_every_rank_reports_steps_memory_kv_and_heartbeats(cluster):
     assert ("refserver_rank_heartbeat_age_seconds", ("rank", "0")) not in found
 
 
+def test_every_rank_gives_its_freed_buffers_back_when_idle(cluster):
+    """A prompt leaves MLX's buffer cache full of its activations; once a rank has had
+    no work for a moment it hands them back to the system (heartbeats carry the figure)."""
+    prompt = "The harbour at dawn, the boats and their crews. " * 20
+    client(cluster).completions.create(model="default_model", prompt=prompt, max_tokens=8)
+
+    def cached() -> list[float]:
+        found = samples(cluster)
+        return [found.get(("refserver_rank_cache_bytes", ("rank", r))) for r in "01"]
+
+    assert wait_until(lambda: cached() == [0, 0], timeout=10), cached()
+
+
 def test_status_json_names_each_rank_with_its_layers(cluster):
     snapshot = cluster.status()
     assert snapshot["ok"] is True and snapshot["model"]

@@ -24,6 +24,7 @@ from .liveness import (
     is_ring_error,
     send_heartbeats,
 )
+from .mlx_memory import IdleRelease
 from .rank_stats import own_stats
 from .work import from_message
 
@@ -59,6 +60,7 @@ def run_follower(cluster: Cluster) -> int:
     stop_beats = threading.Event()
     watchdog = StepWatchdog(config.step_timeout, lost)
     executor = StageExecutor(cluster.stage)
+    memory = IdleRelease()
     stats = own_stats(watchdog, executor.ring_wait)  # the heartbeats carry them to rank 0
     send_heartbeats([leader], config.heartbeat_interval, stop_beats, on_error=lost, stats=stats)
     inbox = read_leader(leader, config.heartbeat_timeout, lost)
@@ -66,12 +68,14 @@ def run_follower(cluster: Cluster) -> int:
         try:
             message = inbox.get(timeout=IDLE_WAKE_SECONDS)
         except queue.Empty:
+            memory.idle()  # no item for a second
             continue
         if message.get("type") == "shutdown":
             stop_beats.set()
             log.info("rank 0 shut the cluster down; exiting")
             return 0
         watchdog.begin()
+        memory.working()
         try:
             executor.run(from_message(message))
         except ControlError as exc:

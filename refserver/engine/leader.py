@@ -39,6 +39,7 @@ from .liveness import (
     send_heartbeats,
     watch_peer,
 )
+from .mlx_memory import IdleRelease
 from .rank_stats import RankReports
 from .sampling import Draw
 from .scheduler import Scheduler, Sequence
@@ -64,6 +65,7 @@ class PipelineEngine:
         config = cluster.config
         self.cluster = cluster
         self.executor = StageExecutor(cluster.stage)
+        self.memory = IdleRelease()
         prefill_chunk = prefill_chunk or ChunkPolicy.parse(DEFAULT_PREFILL_CHUNK)
         self.chunks = ChunkSizer(prefill_chunk)
         log.info("prefill chunks: %s; prefix cache: %d tokens", prefill_chunk, prefix_cache_tokens)
@@ -292,11 +294,14 @@ class PipelineEngine:
             self._broadcast(item)
         if not self.inflight:
             self.scheduler.flush()
+            if not self.scheduler.active:
+                self.memory.idle()
             with self._wake:
                 if not self._inbox:
                     self._wake.wait(timeout=0.5 if self.scheduler.active else IDLE_WAKE_SECONDS)
             return
         item = self.inflight.popleft()
+        self.memory.working()
         ahead = self.scheduler.decode_ahead(item)
         if ahead is not None:
             self._broadcast(ahead)

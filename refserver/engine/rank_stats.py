@@ -47,6 +47,7 @@ def own_stats(watchdog: StepWatchdog, ring_wait: RingWaitClock) -> Callable[[], 
             "step_seconds": watchdog.step_seconds,
             "ring_wait_seconds": ring_wait.seconds,
             "memory_bytes": mx.get_active_memory(),
+            "cache_bytes": mx.get_cache_memory(),
         }
 
     return stats

@@ -60,6 +60,7 @@ def _rank(engine: PipelineEngine, rank: int, kv: dict | None) -> dict:
         "embedding": cluster.split.is_first_stage(rank),
         "head": cluster.split.is_last_stage(rank),
         "memory_bytes": stats.get("memory_bytes"),
+        "cache_bytes": stats.get("cache_bytes"),
         "kv_budget_bytes": budget["budget_bytes"] if budget else None,
         "kv_used_bytes": kv["used_tokens"] * budget["bytes_per_token"] if budget else None,
         "steps": stats.get("steps", 0),

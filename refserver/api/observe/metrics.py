@@ -138,6 +138,11 @@ def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
 # (metric name, help, the field of a rank's status that holds its value)
 _RANK_GAUGES = (
     ("refserver_rank_memory_bytes", "MLX memory in use on the rank", "memory_bytes"),
+    (
+        "refserver_rank_cache_bytes",
+        "Freed MLX buffers the rank keeps for reuse until it goes idle",
+        "cache_bytes",
+    ),
     ("refserver_rank_kv_budget_bytes", "The rank's KV budget", "kv_budget_bytes"),
     ("refserver_rank_kv_used_bytes", "KV memory reserved on the rank", "kv_used_bytes"),
     (

@@ -11,8 +11,6 @@ nothing here does), so a stream's decoding never waits for another request's pro
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +20,7 @@ from tokenizers import Tokenizer
 
 from refserver.api.errors import ApiError, invalid_request
 from refserver.api.shared.control_text import shield
+from refserver.free_memory import release_free_memory
 
 # Generated text keeps these even when the tokenizer calls them special tokens:
 # the reasoning and tool-call parsers read them.
@@ -220,24 +219,6 @@ def _control_tokens(added: Mapping[int, Any]) -> dict[int, str]:
         for token_id, token in added.items()
         if token.special and token.content and token.content not in PARSER_MARKERS
     }
-
-
-def release_free_memory() -> None:
-    """Hand freed heap memory back to the system (glibc keeps it per thread arena)."""
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
-
-
-def _load_libc() -> Any:
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-    except OSError:
-        return None
-    return libc if libc is not None and hasattr(libc, "malloc_trim") else None
-
-
-_LIBC = _load_libc()
 
 
 def _eos_token_ids(tokenizer: Any) -> frozenset[int]:
