@@ -98,6 +98,34 @@ def _sdk(port, key="none"):
     return openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
 
 
+ANTHROPIC_STREAM = json.dumps(
+    {"model": "tiny", "max_tokens": 8, "messages": USER, "stream": True}
+).encode()
+
+
+@pytest.mark.parametrize(
+    "path, body, end",
+    [
+        ("/v1/chat/completions", CHAT_BODY, b"data: [DONE]"),
+        ("/v1/messages", ANTHROPIC_STREAM, b"event: message_stop"),
+    ],
+    ids=["openai", "anthropic"],
+)
+def test_a_queued_stream_gets_its_headers_at_once(serve, path, body, end):
+    """A stream waiting in the engine's queue has nothing to send yet (Anthropic's
+    message_start needs the cached-token count); a client with a short first-byte
+    timeout must still see its response begin."""
+    queued = threading.Event()
+    port = serve(_engine(queued=queued))
+    sock = _post(port, body, path=path)
+    head = _read_until(sock, b"\r\n\r\n", limit=3)
+    assert head.startswith(b"HTTP/1.1 200") and b"text/event-stream" in head
+    assert not queued.is_set()
+    queued.set()
+    assert end in _read_until(sock, end)
+    sock.close()
+
+
 def test_headers_and_first_chunk_arrive_before_the_first_token(serve):
     gate = threading.Event()
     port = serve(_engine(gate=gate))
@@ -127,6 +155,7 @@ def test_keepalive_reaches_the_client_during_a_long_wait(serve):
     gate = threading.Event()
     port = serve(_engine(gate=gate), keepalive_seconds=0.2)
     sock = _post(port, CHAT_BODY)
+    _read_until(sock, b'"role":"assistant"', limit=3)  # after the stream's opening comment
     assert b": keep-alive" in _read_until(sock, b": keep-alive", limit=3)
     gate.set()
     sock.close()

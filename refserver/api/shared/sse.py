@@ -67,10 +67,12 @@ def event_stream(
 ) -> Iterator[bytes]:
     """Encode chunks as SSE, ending with the format's end marker also after a failure.
 
-    The first (empty) write makes the WSGI server send the headers at once. Closing this
-    generator (client gone) closes `chunks`, which cancels the engine request.
+    The first write is a comment, so that the headers leave at once: waitress sends them
+    with the first non-empty write (as PEP 3333 asks), and a request waiting in the
+    queue has nothing else to send (a client with a first-byte timeout gave up on it).
+    Closing this generator (client gone) closes `chunks`, which cancels the engine request.
     """
-    yield b""
+    yield KEEPALIVE
     try:
         for chunk in chunks:
             if isinstance(chunk, KeepAlive):
