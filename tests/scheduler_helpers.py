@@ -13,9 +13,11 @@ LIKELY = 7
 
 
 def complete(scheduler: Scheduler, item) -> None:
-    """Read `item`'s result: its logits when it produces tokens."""
+    """Read `item`'s result: its logits when it produces tokens or scores a prompt."""
     rows = len(item.seqs) if isinstance(item, Decode) else 1
     produces = isinstance(item, Decode) or (isinstance(item, Prefill) and item.final)
+    if isinstance(item, Prefill) and item.scores:
+        rows, produces = len(item.tokens), True  # one row per position
     logits = mx.zeros((rows, VOCAB)).at[:, LIKELY].add(5.0) if produces else None
     scheduler.on_result(item, scheduler.start_sampling(item, logits))
     scheduler.flush()

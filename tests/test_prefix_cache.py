@@ -14,7 +14,7 @@ from refserver.engine.chunking import (
     ChunkPolicy,
     ChunkSizer,
 )
-from refserver.engine.interface import Finished, GenerationRequest
+from refserver.engine.interface import Finished, GenerationRequest, PromptLogprobs
 from refserver.engine.prefix_cache import PrefixCache, PrefixHit, PrefixIndex
 from refserver.engine.scheduler import Scheduler, Sequence
 from refserver.engine.work import Decode, Prefill, Release
@@ -339,3 +339,45 @@ def test_beside_a_stream_a_prompts_chunks_grow_into_the_pipeline():
     issued = run(scheduler, steps=40, in_flight=3)
     chunks = [len(item.tokens) for item in issued if isinstance(item, Prefill)]
     assert chunks == [64, 96, 112, 120, 124, 126, 127, 128, 102, 1], chunks
+
+
+# -- prompts to score (echo with logprobs) -------------------------------------
+@pytest.mark.parametrize("max_tokens", [0, 2])
+def test_a_prompt_to_score_is_computed_whole_and_scored_in_order(max_tokens):
+    """A cached prefix is not computed, so it could not be scored: a prompt to score
+    reads no cache. Each chunk but the prompt's last token is scored; with max_tokens 0
+    that last token is not computed at all."""
+    scheduler = _scheduler(chunk=4)
+    prompt = list(range(1, 12))
+    _run_one(scheduler, _sequence("warm", prompt))  # now the cache holds the prompt
+    scored = Sequence(GenerationRequest("s", prompt, max_tokens=max_tokens, prompt_logprobs=1))
+    items = _run_one(scheduler, scored)
+    prefills = [i for i in items if isinstance(i, Prefill) and i.seq == "s"]
+    assert all(item.reuse is None for item in prefills)
+    assert [i.scores for i in prefills] == [not i.final for i in prefills]
+    assert [i.final for i in prefills].count(True) == (1 if max_tokens else 0)
+    found = events(scored)
+    scores = [e for e in found if isinstance(e, PromptLogprobs)]
+    assert [t.token_id for e in scores for t in e.tokens] == prompt[1:]
+    assert [e.start for e in scores] == [1, 5, 9]  # chunks of 4, 4 and 2: in order
+    assert all(len(t.top_logprobs) == 1 and t.logprob < 0 for e in scores for t in e.tokens)
+    finished = found[-1]
+    assert (finished.reason, finished.completion_tokens, finished.cached_tokens) == (
+        "length",
+        max_tokens,
+        0,
+    )
+
+
+def test_a_one_token_prompt_to_score_finishes_at_once():
+    scheduler = _scheduler()
+    sequence = Sequence(GenerationRequest("s", [5], max_tokens=0, prompt_logprobs=0))
+    scheduler.add(sequence)
+    scheduler.flush()
+    assert scheduler.next_item() is None
+    assert events(sequence) == [Finished("length", 1, 0)]
+
+
+def _run_one(scheduler: Scheduler, sequence: Sequence) -> list:
+    scheduler.add(sequence)
+    return _run(scheduler)

@@ -40,8 +40,9 @@ class StageExecutor:
 
     def run(self, item: WorkItem, inputs: mx.array | None = None) -> mx.array | None:
         """Apply `item`. The last stage returns lazy (rows, vocab) logits when the item
-        produces tokens; everything else is evaluated here. `inputs` are the (lazy)
-        tokens of a decode issued ahead on a single rank."""
+        produces tokens, or (positions, vocab) when it scores a prompt's chunk;
+        everything else is evaluated here. `inputs` are the (lazy) tokens of a decode
+        issued ahead on a single rank."""
         self._apply_cache_ops(item.cache_ops)
         self._drop(item.drop)
         if isinstance(item, Prefill):
@@ -60,6 +61,9 @@ class StageExecutor:
         )
         if self.stage.is_last and item.final:
             return self._logits(out, received)
+        if self.stage.is_last and item.scores:
+            self.ring_wait.wait_for(received)
+            return out[0]  # (positions, vocab), lazy
         self._evaluate(out if not self.stage.is_last else [c.state for c in cache], received)
         return None
 

@@ -88,7 +88,13 @@ class SamplingParams:
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """One sequence to generate: prompt token ids and limits."""
+    """One sequence to generate: prompt token ids and limits.
+
+    max_tokens 0 reads the prompt and generates nothing (to score it). With
+    `prompt_logprobs` (the alternatives to give per position, 0 for none), the engine
+    also scores the prompt: a PromptLogprobs event for each token after the first. Such
+    a request reads no prefix cache, since a cached token is not computed again.
+    """
 
     id: str
     prompt_tokens: list[int]
@@ -96,6 +102,7 @@ class GenerationRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     # Absolute time.monotonic() after which the engine cancels the sequence.
     deadline: float | None = None
+    prompt_logprobs: int | None = None
 
 
 @dataclass(frozen=True)
@@ -105,6 +112,15 @@ class TokenEvent:
     token_id: int
     logprob: float | None = None
     top_logprobs: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class PromptLogprobs:
+    """The scores of prompt tokens `start`, `start + 1`, …: each token's log-probability
+    given the tokens before it, with the most likely tokens there (prompt_logprobs)."""
+
+    start: int
+    tokens: tuple[TokenEvent, ...]
 
 
 @dataclass(frozen=True)
@@ -145,7 +161,7 @@ class ErrorEvent:
     code: str = "engine_error"
 
 
-Event = TokenEvent | PrefillProgress | Finished | ErrorEvent
+Event = TokenEvent | PromptLogprobs | PrefillProgress | Finished | ErrorEvent
 
 
 @dataclass(frozen=True)

@@ -194,13 +194,52 @@ def draw(logits: mx.array, samplers: list[SequenceSampler]) -> Draw:
     return Draw(mx.concatenate(chosen), row_logprobs, samplers, failures)
 
 
+class PromptScores:
+    """A prompt chunk's scores, being computed: at each position, the log-probability
+    of the prompt's next token and the `top` most likely tokens (echo with logprobs).
+    Taken from the raw logits, as a generated token's logprobs are."""
+
+    def __init__(self, logits: mx.array, targets: list[int], top: int):
+        # No (positions, vocab) log-probabilities: a real model's vocabulary is large.
+        self.targets = targets
+        norm = mx.logsumexp(logits, axis=-1, keepdims=True)
+        chosen = mx.array(targets, dtype=mx.int32)[:, None]
+        self.chosen = (mx.take_along_axis(logits, chosen, axis=-1) - norm)[:, 0]
+        self.top_ids = self.top_values = None
+        if top == 1:
+            self.top_ids = mx.argmax(logits, axis=-1, keepdims=True)
+        elif top > 1:
+            self.top_ids = mx.argpartition(-logits, kth=top - 1, axis=-1)[:, :top]
+        arrays = [self.chosen]
+        if self.top_ids is not None:
+            self.top_values = mx.take_along_axis(logits, self.top_ids, axis=-1) - norm
+            arrays += [self.top_ids, self.top_values]
+        mx.async_eval(arrays)
+
+    def events(self) -> tuple[TokenEvent, ...]:
+        """Wait for them; one TokenEvent per position, for the token that follows it."""
+        chosen = self.chosen.tolist()
+        if self.top_ids is None:
+            return tuple(TokenEvent(t, lp) for t, lp in zip(self.targets, chosen, strict=True))
+        ids, values = self.top_ids.tolist(), self.top_values.tolist()
+        return tuple(
+            TokenEvent(target, logprob, _best(row_ids, row_values))
+            for target, logprob, row_ids, row_values in zip(
+                self.targets, chosen, ids, values, strict=True
+            )
+        )
+
+
+def _best(ids: list[int], values: list[float]) -> tuple[tuple[int, float], ...]:
+    """(token, logprob) pairs, the most likely first."""
+    return tuple(sorted(zip(ids, values, strict=True), key=lambda pair: -pair[1]))
+
+
 def _with_logprobs(token: int, row: mx.array, top: int) -> TokenEvent:
     best: tuple[tuple[int, float], ...] = ()
     if top > 0:
         indices = mx.argpartition(-row, kth=top - 1)[:top]
-        values = row[indices]
-        pairs = sorted(zip(indices.tolist(), values.tolist(), strict=True), key=lambda p: -p[1])
-        best = tuple((int(i), float(v)) for i, v in pairs)
+        best = _best(indices.tolist(), row[indices].tolist())
     return TokenEvent(token, float(row[token].item()), best)
 
 

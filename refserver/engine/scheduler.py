@@ -24,10 +24,17 @@ from dataclasses import dataclass, field
 import mlx.core as mx
 
 from .chunking import ChunkPolicy, ChunkSizer
-from .interface import ErrorEvent, Finished, GenerationRequest, PrefillProgress, TokenEvent
+from .interface import (
+    ErrorEvent,
+    Finished,
+    GenerationRequest,
+    PrefillProgress,
+    PromptLogprobs,
+    TokenEvent,
+)
 from .kv_budget import KvLedger, held_positions
 from .prefix_cache import PrefixCache, PrefixHit
-from .sampling import Draw, RowFailure, SequenceSampler, describe_failure, draw
+from .sampling import Draw, PromptScores, RowFailure, SequenceSampler, describe_failure, draw
 from .work import Decode, Prefill, Release, WorkItem
 
 
@@ -110,6 +117,10 @@ class Scheduler:
         except Exception as exc:  # the request's own settings: it fails alone
             sequence.done = True
             self._emit(sequence, _request_failed(describe_failure(exc)))
+            return
+        if _reads(sequence) == 0:  # a one-token prompt to score: nothing to compute
+            sequence.done = True
+            self._emit(sequence, Finished("length", len(prompt), 0))
             return
         self.waiting.append(sequence)
         self.by_id[sequence.id] = sequence
@@ -235,7 +246,9 @@ class Scheduler:
         self.prefill_in_flight += 1
         self.decoded_since_prefill.clear()
         drop, cache_ops = self._take_drops()
-        item = Prefill(sequence.id, prompt[start:end], end == len(prompt), drop, cache_ops, reuse)
+        final = end == len(prompt)
+        scores = sequence.request.prompt_logprobs is not None and not final
+        item = Prefill(sequence.id, prompt[start:end], final, drop, cache_ops, reuse, scores)
         if item.final and self.prefix_cache is not None:
             # Kept once this chunk has run: the op leaves with the next item.
             self.prefix_cache.keep(sequence.id, prompt, self._cache_room())
@@ -265,8 +278,8 @@ class Scheduler:
         return min(start + size, body)
 
     def _cached_prefix(self, sequence: Sequence) -> PrefixHit | None:
-        if self.prefix_cache is None:
-            return None
+        if self.prefix_cache is None or sequence.request.prompt_logprobs is not None:
+            return None  # a prompt to score is computed whole
         return self.prefix_cache.reuse(sequence.request.prompt_tokens)
 
     def _start_from(self, sequence: Sequence, hit: PrefixHit | None) -> list[int] | None:
@@ -330,9 +343,17 @@ class Scheduler:
         if isinstance(item, Prefill) and item.final:
             sequence = self._prefilling(item.seq)
             return None if sequence.cancelled else draw(logits, [sequence.sampler])
+        if isinstance(item, Prefill) and item.scores:
+            sequence = self._prefilling(item.seq)
+            if sequence.cancelled:
+                return None
+            # Results are read in issue order: this chunk starts where the last one ended.
+            start = sequence.processed + 1
+            targets = sequence.request.prompt_tokens[start : start + len(item.tokens)]
+            return PromptScores(logits, targets, sequence.request.prompt_logprobs)
         return None
 
-    def on_result(self, item: WorkItem, sampling: Draw | None) -> None:
+    def on_result(self, item: WorkItem, sampling: Draw | PromptScores | None) -> None:
         """Read what `item` produced; queue its events (see flush)."""
         if isinstance(item, Prefill):
             self._after_prefill(item, sampling)
@@ -367,7 +388,7 @@ class Scheduler:
     def _prefilling(self, seq_id: str) -> Sequence:
         return next(s for s in self.prefilling if s.id == seq_id)
 
-    def _after_prefill(self, item: Prefill, sampling: Draw | None) -> None:
+    def _after_prefill(self, item: Prefill, sampling: Draw | PromptScores | None) -> None:
         self.prefill_in_flight -= 1
         sequence = self._prefilling(item.seq)
         sequence.chunks_in_flight -= 1
@@ -375,8 +396,14 @@ class Scheduler:
             if not sequence.chunks_in_flight:
                 self.prefilling.remove(sequence)
             return
+        if isinstance(sampling, PromptScores):
+            self._emit(sequence, PromptLogprobs(sequence.processed + 1, sampling.events()))
         sequence.processed += len(item.tokens)
         self._emit_progress(sequence)
+        if sequence.request.max_tokens == 0 and sequence.processed == _reads(sequence):
+            self.prefilling.remove(sequence)  # scored: nothing to generate
+            self._finish(sequence, "length")
+            return
         if not item.final:
             return
         self.prefilling.remove(sequence)
@@ -433,7 +460,14 @@ class Scheduler:
 
 def _all_issued(sequence: Sequence) -> bool:
     """No chunk of its prompt is left to issue (or it was cancelled)."""
-    return sequence.cancelled or sequence.prefilled == len(sequence.request.prompt_tokens)
+    return sequence.cancelled or sequence.prefilled == _reads(sequence)
+
+
+def _reads(sequence: Sequence) -> int:
+    """The prompt tokens its prefill computes: all of them, but the last when nothing is
+    to be generated (its logits would only give the first generated token)."""
+    prompt = len(sequence.request.prompt_tokens)
+    return prompt if sequence.request.max_tokens else prompt - 1
 
 
 def _computed_tokens(sequence: Sequence) -> list[int]:

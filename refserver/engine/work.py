@@ -21,7 +21,8 @@ class Prefill:
     `final` chunks are the prompt's last token alone, as mlx_lm.generate_step
     does it; their logits give the first generated token. A sequence's first
     chunk may `reuse` [entry, k]: its cache starts as the first k tokens of that
-    prefix-cache entry.
+    prefix-cache entry. With `scores`, the last stage gives the logits of every
+    position of the chunk (the prompt's log-probabilities were asked for).
     """
 
     seq: str
@@ -30,6 +31,7 @@ class Prefill:
     drop: list[str] = field(default_factory=list)
     cache_ops: list[list] = field(default_factory=list)
     reuse: list[int] | None = None
+    scores: bool = False
     kind: str = "prefill"
 
 
