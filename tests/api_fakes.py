@@ -23,6 +23,7 @@ from refserver.engine.interface import (
     GenerationRequest,
     Health,
     PrefillProgress,
+    PromptLogprobs,
     TokenEvent,
 )
 
@@ -125,6 +126,8 @@ class FakeEngine:
             # As the scheduler does: admitted (the cached prefix known), then prefilled.
             yield PrefillProgress(self.cached_tokens, prompt, self.cached_tokens)
             yield PrefillProgress(prompt, prompt, self.cached_tokens)
+            if request.prompt_logprobs is not None:
+                yield _prompt_scores(request)
             if self.gate is not None:
                 while not self.gate.wait(0.01):
                     if request.id in self.cancelled:
@@ -147,6 +150,16 @@ class FakeEngine:
             if request.id not in self.finished:
                 self.closed.append(request.id)
             raise
+
+
+def _prompt_scores(request: GenerationRequest) -> PromptLogprobs:
+    """Each prompt token after the first at -0.5, its alternatives the ids after it."""
+    top = request.prompt_logprobs
+    scored = tuple(
+        TokenEvent(t, -0.5, tuple((t + i, -0.5 - i) for i in range(top)))
+        for t in request.prompt_tokens[1:]
+    )
+    return PromptLogprobs(1, scored)
 
 
 def _token_event(token: int, request: GenerationRequest) -> TokenEvent:

@@ -148,7 +148,9 @@ CASES = [
     ("prompt number", COMPLETIONS, completion(prompt=5), 400, "prompt", None),
     ("prompt beyond context", COMPLETIONS, completion(prompt="hello " * 1000), 400, "prompt",
      "context_length_exceeded"),
-    ("echo", COMPLETIONS, completion(echo=True), 400, "echo", None),
+    ("max_tokens 0 without echo", COMPLETIONS, completion(max_tokens=0), 400, "max_tokens", None),
+    ("max_tokens 0 echo false", COMPLETIONS, completion(max_tokens=0, echo=False), 400,
+     "max_tokens", None),
     ("best_of", COMPLETIONS, completion(best_of=3), 400, "best_of", None),
     ("suffix", COMPLETIONS, completion(suffix="x"), 400, "suffix", None),
 ]  # fmt: skip

@@ -206,6 +206,63 @@ def test_completion_logprobs_in_stream_continue_offsets(client):
     assert offsets == sorted(offsets) and offsets[0] == 0 and len(set(offsets)) == len(offsets)
 
 
+PROMPT = "Once upon a time"
+
+
+@pytest.mark.parametrize(
+    "fields, scored, generated",
+    [
+        ({"echo": True}, None, True),  # the prompt's text ahead of the completion
+        ({"echo": True, "logprobs": 2}, 2, True),
+        ({"echo": True, "logprobs": 0, "max_tokens": 0}, 0, False),  # an evaluation's ask
+        ({"echo": False, "logprobs": 1}, None, True),
+    ],
+)
+@pytest.mark.parametrize("stream", [False, True])
+def test_echo_gives_the_prompt_back_with_its_scores(client, engine, tokenizer, fields, scored,
+                                                    generated, stream):  # fmt: skip
+    body = {"prompt": PROMPT, **fields}
+    if stream:
+        chunks = _stream(client, COMPLETIONS, **body)
+        choices = [c["choices"][0] for c in chunks if c["choices"]]
+        text = "".join(c["text"] for c in choices)
+        parts = [c["logprobs"] for c in choices if c["logprobs"]]
+        logprobs = {k: [v for p in parts for v in p[k]] for k in parts[0]} if parts else None
+        finish = choices[-1]["finish_reason"]
+    else:
+        choice = client.post(COMPLETIONS, json=body).get_json()["choices"][0]
+        text, logprobs, finish = choice["text"], choice["logprobs"], choice["finish_reason"]
+    assert engine.requests[-1].prompt_logprobs == scored
+    echoed = PROMPT if fields["echo"] else ""
+    assert text == echoed + (TEXT if generated else "")
+    assert finish == ("stop" if generated else "length")
+    if "logprobs" not in fields:
+        assert logprobs is None
+        return
+    prompt_ids = tokenizer.encode(PROMPT)
+    prompt_entries = len(prompt_ids) if fields["echo"] else 0
+    assert "".join(logprobs["tokens"][:prompt_entries]) == echoed
+    if fields["echo"]:  # the first token has no context, so no score; then the engine's
+        assert logprobs["token_logprobs"][:prompt_entries] == [None] + [-0.5] * (prompt_entries - 1)
+        assert logprobs["top_logprobs"][0] is None
+        assert all(
+            len(top) == fields["logprobs"] for top in logprobs["top_logprobs"][1:prompt_entries]
+        )
+    offsets = logprobs["text_offset"]
+    assert offsets[0] == 0 and offsets == sorted(offsets)
+    if generated and fields["echo"]:
+        assert offsets[prompt_entries] == len(PROMPT)  # the completion follows the prompt
+    assert len(logprobs["tokens"]) == len(logprobs["token_logprobs"]) == len(offsets)
+
+
+def test_echo_of_token_ids_is_their_text(client, tokenizer):
+    ids = tokenizer.encode(PROMPT)
+    body = {"prompt": ids, "echo": True, "max_tokens": 0, "logprobs": 1}
+    choice = client.post(COMPLETIONS, json=body).get_json()["choices"][0]
+    assert choice["text"] == tokenizer.decode(ids)
+    assert len(choice["logprobs"]["tokens"]) == len(ids)
+
+
 def test_sampling_defaults_and_overrides(engine, tokenizer):
     client = _app(engine, tokenizer, temperature=0.7, top_p=0.9, top_k=40)
     client.post(CHAT, json={"messages": USER})

@@ -117,7 +117,9 @@ COMPLETIONS_ONLY = [
     ({"logprobs": 0}, True),
     ({"logprobs": 5, "temperature": 1}, True),
     ({"logprobs": 6}, False),
-    ({"echo": True}, False),
+    ({"echo": True}, True),
+    ({"echo": True, "max_tokens": 0, "logprobs": 5}, True),
+    ({"echo": False, "max_tokens": 0}, False),
 ]
 ANTHROPIC_EDGES = [
     ({"temperature": 0}, True),

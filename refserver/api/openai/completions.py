@@ -1,29 +1,51 @@
-"""The legacy text completion wire format: one JSON reply, or a stream of chunks."""
+"""The legacy text completion wire format: one JSON reply, or a stream of chunks.
+
+With `echo`, the text starts with the prompt; with `echo` and `logprobs`, the logprobs
+start with the prompt's tokens too, the first one without a log-probability (nothing
+came before it), as OpenAI's completions give them.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import closing
+from dataclasses import dataclass
 from typing import Any
 
 from refserver.api.openai.common import ResponseMeta, usage, usage_chunk
 from refserver.api.openai.logprobs import completion_logprobs
-from refserver.api.shared.generation import KeepAlive, Outcome, Pieces, TextPiece
+from refserver.api.shared.generation import KeepAlive, Outcome, Pieces, PromptScores, TextPiece
 from refserver.api.shared.prompting import Vocabulary
+from refserver.engine.interface import TokenEvent
 
 OBJECT = "text_completion"
 
 
+@dataclass(frozen=True)
+class Echo:
+    """The prompt to give back ahead of the completion: its text and token ids."""
+
+    text: str
+    token_ids: list[int]
+
+
 def text_completion(
-    meta: ResponseMeta, pieces: Pieces, vocab: Vocabulary, top_logprobs: int | None
+    meta: ResponseMeta,
+    pieces: Pieces,
+    vocab: Vocabulary,
+    top_logprobs: int | None,
+    echo: Echo | None = None,
 ) -> dict[str, Any]:
     """The whole reply; top_logprobs None means no logprobs were asked for."""
-    texts: list[str] = []
-    tokens = []
+    texts: list[str] = [echo.text] if echo else []
+    tokens: list[TokenEvent] = []
+    scores: list[TokenEvent] = []
     outcome: Outcome | None = None
     with closing(pieces):
         for item in pieces:
-            if isinstance(item, TextPiece):
+            if isinstance(item, PromptScores):
+                scores += item.tokens
+            elif isinstance(item, TextPiece):
                 texts.append(item.text)
                 tokens += item.tokens
             elif isinstance(item, Outcome):
@@ -31,7 +53,11 @@ def text_completion(
     assert outcome is not None, "generate() ends with an Outcome or raises"
     logprobs = None
     if top_logprobs is not None:
-        logprobs = completion_logprobs(tokens, vocab, top_logprobs, text_offset=0)
+        start = len(echo.text) if echo else 0  # the completion's text follows the prompt's
+        logprobs = completion_logprobs(tokens, vocab, top_logprobs, start)
+        if echo is not None:
+            prompt = completion_logprobs(_echoed(echo, scores), vocab, top_logprobs, 0)
+            logprobs = {key: prompt[key] + logprobs[key] for key in logprobs}
     choice = _choice("".join(texts), logprobs, outcome.finish_reason)
     return {**meta.header(OBJECT), "choices": [choice], "usage": usage(outcome)}
 
@@ -42,23 +68,44 @@ def completion_chunks(
     vocab: Vocabulary,
     top_logprobs: int | None,
     include_usage: bool,
+    echo: Echo | None = None,
 ) -> Iterator[dict[str, Any] | KeepAlive]:
-    """The chunks of a stream: text pieces, one finish_reason, then usage if asked."""
+    """The chunks of a stream: the echoed prompt (once its scores are all in), text
+    pieces, one finish_reason, then usage if asked."""
+
+    def logprobs(tokens: list[TokenEvent], text_offset: int) -> dict | None:
+        if top_logprobs is None:
+            return None
+        return completion_logprobs(tokens, vocab, top_logprobs, text_offset)
+
     offset = 0
+    scores: list[TokenEvent] = []
     with closing(pieces):
         for item in pieces:
             if isinstance(item, KeepAlive):
                 yield item
-            elif isinstance(item, TextPiece):
-                logprobs = None
-                if top_logprobs is not None:
-                    logprobs = completion_logprobs(item.tokens, vocab, top_logprobs, offset)
-                    offset += sum(len(text) for text in logprobs["tokens"])
-                yield _chunk(meta, _choice(item.text, logprobs, None))
-            elif isinstance(item, Outcome):
-                yield _chunk(meta, _choice("", None, item.finish_reason))
-                if include_usage:
-                    yield usage_chunk(meta, OBJECT, item)
+            elif isinstance(item, PromptScores):
+                scores += item.tokens
+            elif isinstance(item, TextPiece | Outcome):
+                if echo is not None:  # the prompt's scores are all in: generation began
+                    yield _chunk(meta, _choice(echo.text, logprobs(_echoed(echo, scores), 0), None))
+                    offset, echo = len(echo.text), None
+                if isinstance(item, TextPiece):
+                    entries = logprobs(list(item.tokens), offset)
+                    if entries is not None:
+                        offset += sum(len(text) for text in entries["tokens"])
+                    yield _chunk(meta, _choice(item.text, entries, None))
+                else:
+                    yield _chunk(meta, _choice("", None, item.finish_reason))
+                    if include_usage:
+                        yield usage_chunk(meta, OBJECT, item)
+
+
+def _echoed(echo: Echo | None, scores: list[TokenEvent]) -> list[TokenEvent]:
+    """The prompt's tokens as logprob entries: the first unscored, then its scores."""
+    if echo is None:
+        return []
+    return [TokenEvent(echo.token_ids[0])] + scores
 
 
 def _choice(text: str, logprobs: dict | None, finish_reason: str | None) -> dict[str, Any]:

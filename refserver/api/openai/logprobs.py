@@ -32,8 +32,12 @@ def completion_logprobs(
     return {
         "tokens": texts,
         "token_logprobs": [event.logprob for event in tokens],
+        # None for a prompt's first token (echo): nothing came before it.
         "top_logprobs": [
-            {vocab.token(t)[0]: lp for t, lp in event.top_logprobs[:top_n]} for event in tokens
+            None
+            if event.logprob is None
+            else {vocab.token(t)[0]: lp for t, lp in event.top_logprobs[:top_n]}
+            for event in tokens
         ],
         "text_offset": offsets,
     }

@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import Field, ValidationInfo, field_validator
 
+from refserver.api.errors import invalid_request
 from refserver.api.shared.schemas import (
     RESERVED_TEMPLATE_KWARGS,
     Message,
@@ -42,10 +43,23 @@ class ChatCompletionRequest(ToolFields):
 
 class CompletionRequest(SamplingFields):
     prompt: str | list[str] | list[TokenId] | list[list[TokenId]]
+    # 0 with echo: the prompt alone, scored (logprobs), as evaluation harnesses ask.
+    max_tokens: int | None = Field(None, ge=0, le=2**31 - 1)
     logprobs: int | None = Field(None, ge=0, le=5)
     echo: bool | None = None
     best_of: int | None = None
     suffix: str | None = None
+
+    def check_something_to_answer(self) -> None:
+        """400 for max_tokens 0 without echo: the reply would be empty."""
+        if self.requested_max_tokens == 0 and not self.echo:
+            message = "max_tokens 0 generates nothing; it is for echo (the prompt back, scored)"
+            raise invalid_request(message, "max_tokens")
+
+    @property
+    def prompt_logprobs(self) -> int | None:
+        """The alternatives per prompt token to return (echo with logprobs), else None."""
+        return self.logprobs if self.echo else None
 
     @field_validator("prompt")
     @classmethod
@@ -58,10 +72,10 @@ class CompletionRequest(SamplingFields):
             raise ValueError("the prompt must not be empty")
         return prompt
 
-    @field_validator("echo", "best_of", "suffix")
+    @field_validator("best_of", "suffix")
     @classmethod
     def _unsupported(cls, value: Any, info: ValidationInfo) -> Any:
-        only = {"echo": False, "best_of": 1, "suffix": ""}[info.field_name]
+        only = {"best_of": 1, "suffix": ""}[info.field_name]
         if value is not None and value != only:
             raise ValueError(f"only {info.field_name}={only!r} is supported")
         return value

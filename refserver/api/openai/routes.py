@@ -10,7 +10,7 @@ from flask import Flask, Response, g, jsonify
 from refserver.api.errors import ApiError
 from refserver.api.openai.chat import chat_chunks, chat_completion
 from refserver.api.openai.common import ResponseMeta
-from refserver.api.openai.completions import completion_chunks, text_completion
+from refserver.api.openai.completions import Echo, completion_chunks, text_completion
 from refserver.api.openai.requests import ChatCompletionRequest, CompletionRequest
 from refserver.api.shared.agent_message import agent_builder
 from refserver.api.shared.chat_prompt import render_chat
@@ -79,15 +79,28 @@ class OpenAIRoutes:
     def completions(self) -> Response:
         body = parse_request(CompletionRequest, self._submitter.read_body())
         self._check_model(body.model)
+        body.check_something_to_answer()
         prompt = self._vocab.completion_prompt(body.prompt)
         top_logprobs = body.logprobs
+        echo = None
+        if body.echo:
+            text = (
+                body.prompt
+                if isinstance(body.prompt, str)
+                else self._vocab.decode(prompt.token_ids)
+            )
+            echo = Echo(text, prompt.token_ids)
         meta = ResponseMeta(f"cmpl-{g.request_id}", self._settings.model_name)
-        pieces, pump = self._submitter.start(body, prompt, "prompt", top_logprobs)
+        submitted = self._submitter.start(
+            body, prompt, "prompt", top_logprobs, body.prompt_logprobs
+        )
+        pieces, pump = submitted
+        vocab = self._vocab
         if body.stream:
-            chunks = completion_chunks(meta, pieces, self._vocab, top_logprobs, body.include_usage)
+            chunks = completion_chunks(meta, pieces, vocab, top_logprobs, body.include_usage, echo)
             return self._stream(chunks, pump)
         return self._submitter.reply(
-            lambda: text_completion(meta, pieces, self._vocab, top_logprobs)
+            lambda: text_completion(meta, pieces, vocab, top_logprobs, echo)
         )
 
     def _check_model(self, model: str | None) -> None:

@@ -24,12 +24,14 @@ def engine_request(
     settings: ApiSettings,
     vocab: Vocabulary,
     top_logprobs: int | None,
+    prompt_logprobs: int | None = None,
 ) -> GenerationRequest:
     """The engine request; 400 when the limits, the vocabulary or the reply's
     constraint (response_format, forced tool calls) say no.
 
     prompt_param names the request field of the prompt ("messages" or "prompt").
-    top_logprobs None means no logprobs were asked for.
+    top_logprobs None means no logprobs were asked for; prompt_logprobs, the same for
+    the prompt's own tokens (echo).
     """
     max_tokens = completion_budget(body, len(prompt.token_ids), settings, prompt_param)
     timeout = settings.request_timeout_seconds
@@ -41,6 +43,7 @@ def engine_request(
         max_tokens=max_tokens,
         sampling=replace(sampling, constraint=constraint),
         deadline=None if timeout is None else time.monotonic() + timeout,
+        prompt_logprobs=prompt_logprobs,
     )
 
 
@@ -50,7 +53,7 @@ def completion_budget(
     """max_tokens as asked, or the default bounded by the room left in the context."""
     context = settings.context_length
     room = context - prompt_tokens
-    if room < 1:
+    if room < (0 if body.requested_max_tokens == 0 else 1):  # 0: the prompt alone
         message = (
             f"the prompt has {prompt_tokens} tokens, which leaves no room for a completion "
             f"in this model's context of {context} tokens"

@@ -2,8 +2,9 @@
 
 Both wire formats (chat, completions) and both modes (JSON, SSE) consume
 ``generate``: it yields ``Admitted`` once the engine has admitted the prompt (and
-so knows how much of it its prefix cache serves), ``TextPiece`` (visible text plus the
-tokens behind it), ``KeepAlive`` when nothing happened for a while, and one final
+so knows how much of it its prefix cache serves), ``PromptScores`` when the prompt's
+tokens were to be scored (echo), ``TextPiece`` (visible text plus the tokens behind
+it), ``KeepAlive`` when nothing happened for a while, and one final
 ``Outcome``; it raises ``GenerationFailed`` when the engine fails the request. Closing
 it cancels the request.
 """
@@ -25,6 +26,7 @@ from refserver.engine.interface import (
     Finished,
     GenerationRequest,
     PrefillProgress,
+    PromptLogprobs,
     TokenEvent,
 )
 
@@ -40,6 +42,14 @@ _CLIENT_CHECK_SECONDS = 1.0
 @dataclass(frozen=True)
 class TextPiece:
     text: str
+    tokens: tuple[TokenEvent, ...]
+
+
+@dataclass(frozen=True)
+class PromptScores:
+    """Prompt tokens with their log-probabilities, in order from the prompt's second
+    token; all of them come before the first TextPiece."""
+
     tokens: tuple[TokenEvent, ...]
 
 
@@ -89,7 +99,7 @@ class ReasoningCount:
         return Phase.REASONING if self.inside else Phase.REASONING_END
 
 
-Pieces = Iterator[Admitted | TextPiece | KeepAlive | Outcome]
+Pieces = Iterator[Admitted | PromptScores | TextPiece | KeepAlive | Outcome]
 
 
 class GenerationFailed(Exception):
@@ -196,6 +206,9 @@ def generate(
             if isinstance(event, Finished):
                 yield from _finish(event, text, pending, reasoning)
                 return
+            if isinstance(event, PromptLogprobs):
+                yield PromptScores(event.tokens)
+                continue
             if not isinstance(event, TokenEvent):
                 continue  # prefill progress: only keeps the keep-alive clock honest
             completion_tokens += 1

@@ -43,6 +43,7 @@ class Submitter:
         prompt: Prompt,
         prompt_param: str,
         top_logprobs: int | None = None,
+        prompt_logprobs: int | None = None,
     ) -> tuple[Pieces, EventPump]:
         """Submit to the engine: 429 when its queue is full, 503 when it is not ready.
 
@@ -50,7 +51,7 @@ class Submitter:
         """
         settings, vocab = self.settings, self.vocab
         job = engine_request(
-            g.request_id, body, prompt, prompt_param, settings, vocab, top_logprobs
+            g.request_id, body, prompt, prompt_param, settings, vocab, top_logprobs, prompt_logprobs
         )
         try:
             pump = EventPump(self.engine, job)
