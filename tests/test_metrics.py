@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import logging
 
+import mlx.core as mx
 import pytest
 from api_fakes import FakeEngine, settings, tokenizer
 from prometheus_client.parser import text_string_to_metric_families
 from rank_helpers import wait_until
 
 from refserver.api import create_app
+from refserver.engine.rank_stats import RingWaitClock
 
 FAMILIES = {
     "refserver_requests": "counter",
@@ -146,3 +148,18 @@ def test_a_client_that_leaves_counts_as_cancelled(tokenizer):
         )
 
     assert wait_until(lambda: cancelled() == 1, timeout=5)
+
+
+def test_a_steps_ring_waits_count_when_the_step_does():
+    """Read mid-step, waits already counted and the step's time not yet gave a wait share
+    above 1 (the heartbeats read both at any moment)."""
+    clock = RingWaitClock()
+    received = mx.ones((512, 512)) @ mx.ones((512, 512))  # lazy, as a ring receive is
+    clock.wait_for(received)
+    assert clock.seconds == 0
+    clock.step_done()
+    assert clock.seconds > 0
+    waited = clock.seconds
+    clock.wait_for(None)  # nothing to wait for
+    clock.step_done()
+    assert clock.seconds == waited

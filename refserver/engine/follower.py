@@ -92,6 +92,7 @@ def run_follower(cluster: Cluster) -> int:
                 pass
             return 1
         watchdog.end()
+        executor.ring_wait.step_done()
 
 
 def read_leader(leader, timeout: float, lost) -> queue.SimpleQueue:

@@ -331,6 +331,7 @@ class PipelineEngine:
         if isinstance(item, Prefill):
             self.chunks.observe(len(item.tokens), time.monotonic() - began)
         self.watchdog.end()
+        self.executor.ring_wait.step_done()
 
     def _start(self, item: WorkItem, inputs: mx.array | None = None) -> Draw | None:
         """Run `item` on this rank and start sampling what it produced."""

@@ -27,7 +27,8 @@ class RingWaitClock:
     """
 
     def __init__(self):
-        self.seconds = 0.0
+        self.seconds = 0.0  # of the steps that ended, as the step watchdog counts them
+        self._this_step = 0.0
 
     def wait_for(self, received: mx.array | None) -> None:
         """Evaluate `received` (a lazy ring receive; None: nothing to wait for)."""
@@ -35,7 +36,13 @@ class RingWaitClock:
             return
         began = time.perf_counter()
         mx.eval(received)
-        self.seconds += time.perf_counter() - began
+        self._this_step += time.perf_counter() - began
+
+    def step_done(self) -> None:
+        """Count the step's waits, now that its time is counted: read mid-step, the
+        waits would run ahead of the step time (a wait share above 1)."""
+        self.seconds += self._this_step
+        self._this_step = 0.0
 
 
 def own_stats(watchdog: StepWatchdog, ring_wait: RingWaitClock) -> Callable[[], dict]:
