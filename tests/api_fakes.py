@@ -142,7 +142,9 @@ class FakeEngine:
                     return
                 time.sleep(self.delay)
                 emitted += 1
-                yield _token_event(token, request)
+                # As the scheduler: the end token is an event only when scores were asked.
+                if token != self.eos_id or request.sampling.logprobs:
+                    yield _token_event(token, request)
             reason = "length" if len(script) > request.max_tokens else "stop"
             self.finished.append(request.id)
             yield Finished(reason, prompt, emitted, self.cached_tokens)

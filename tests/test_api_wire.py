@@ -194,7 +194,9 @@ def test_completion_logprobs_shape(client):
     assert [len(logprobs[k]) for k in ("token_logprobs", "top_logprobs", "text_offset")] == [
         size
     ] * 3
-    assert "".join(logprobs["tokens"]) == choice["text"]
+    # The reply ended at the end token: it has no text, but its score is the last entry.
+    assert choice["finish_reason"] == "stop" and logprobs["tokens"][-1] == "<eos>"
+    assert "".join(logprobs["tokens"][:-1]) == choice["text"]
     assert logprobs["text_offset"][0] == 0
     assert all(len(top) <= 2 for top in logprobs["top_logprobs"])
 
@@ -253,6 +255,26 @@ def test_echo_gives_the_prompt_back_with_its_scores(client, engine, tokenizer, f
     if generated and fields["echo"]:
         assert offsets[prompt_entries] == len(PROMPT)  # the completion follows the prompt
     assert len(logprobs["tokens"]) == len(logprobs["token_logprobs"]) == len(offsets)
+
+
+@pytest.mark.parametrize("next_token", ["text", "end"])
+def test_an_lm_eval_log_likelihood_request(tokenizer, next_token):
+    """lm-eval's local-completions: token ids, max_tokens 1, logprobs 1, echo. It sums
+    token_logprobs[ctxlen:-1] (the continuation's, the generated entry dropped) and calls
+    the continuation greedy when each equals the best of its top_logprobs."""
+    tokens = tokenizer.encode(" world") if next_token == "text" else []
+    engine = FakeEngine(tokens, eos_id=tokenizer.eos_token_id)
+    client = _app(engine, tokenizer)
+    ids = tokenizer.encode("Once upon a time")
+    body = {"prompt": [ids], "max_tokens": 1, "logprobs": 1, "echo": True, "temperature": 0}
+    logprobs = client.post(COMPLETIONS, json={**body, "seed": 1234}).get_json()["choices"][0][
+        "logprobs"
+    ]
+    assert len(logprobs["token_logprobs"]) == len(ids) + 1  # the generated one, end or not
+    continuation = logprobs["token_logprobs"][len(ids) - 2 : -1]
+    assert continuation == [-0.5, -0.5]  # the prompt's last two tokens, as scored
+    tops = logprobs["top_logprobs"][len(ids) - 2 : -1]
+    assert all(value == max(top.values()) for value, top in zip(continuation, tops, strict=True))
 
 
 def test_echo_of_token_ids_is_their_text(client, tokenizer):

@@ -4,7 +4,7 @@ On real ranks: test_e2e_prefix_cache.py."""
 from __future__ import annotations
 
 import pytest
-from scheduler_helpers import VOCAB, complete, events, run
+from scheduler_helpers import LIKELY, VOCAB, complete, events, run
 
 from refserver.engine.chunking import (
     FIRST_ADAPTED_TOKENS,
@@ -14,7 +14,13 @@ from refserver.engine.chunking import (
     ChunkPolicy,
     ChunkSizer,
 )
-from refserver.engine.interface import Finished, GenerationRequest, PromptLogprobs
+from refserver.engine.interface import (
+    Finished,
+    GenerationRequest,
+    PromptLogprobs,
+    SamplingParams,
+    TokenEvent,
+)
 from refserver.engine.prefix_cache import PrefixCache, PrefixHit, PrefixIndex
 from refserver.engine.scheduler import Scheduler, Sequence
 from refserver.engine.work import Decode, Prefill, Release
@@ -376,6 +382,20 @@ def test_a_one_token_prompt_to_score_finishes_at_once():
     scheduler.flush()
     assert scheduler.next_item() is None
     assert events(sequence) == [Finished("length", 1, 0)]
+
+
+@pytest.mark.parametrize("logprobs", [False, True])
+def test_the_end_token_is_an_event_when_its_score_was_asked_for(logprobs):
+    """lm-eval asks for one token after the prompt and drops the last entry of the
+    logprobs: an end token that came without its entry cost the prompt's last one."""
+    scheduler = Scheduler({LIKELY}, chunks=ChunkSizer(ChunkPolicy(tokens=4)))  # ends at once
+    sampling = SamplingParams(logprobs=logprobs)
+    sequence = Sequence(GenerationRequest("s", [1, 2, 3], max_tokens=1, sampling=sampling))
+    _run_one(scheduler, sequence)
+    found = events(sequence)
+    tokens = [e.token_id for e in found if isinstance(e, TokenEvent)]
+    assert tokens == ([LIKELY] if logprobs else [])
+    assert (found[-1].reason, found[-1].completion_tokens) == ("stop", 1)
 
 
 def _run_one(scheduler: Scheduler, sequence: Sequence) -> list:

@@ -415,6 +415,8 @@ class Scheduler:
         sequence.generated += 1
         sequence.output.append(event.token_id)
         if event.token_id in self.eos_token_ids:
+            if sequence.request.sampling.logprobs:
+                self._emit(sequence, event)  # no text, but the score that was asked for
             self._remove(sequence)
             self._finish(sequence, "stop")
             return

@@ -91,10 +91,10 @@ class OpenAIRoutes:
             )
             echo = Echo(text, prompt.token_ids)
         meta = ResponseMeta(f"cmpl-{g.request_id}", self._settings.model_name)
-        submitted = self._submitter.start(
-            body, prompt, "prompt", top_logprobs, body.prompt_logprobs
+        # The end token's score is listed (evaluations count every generated entry).
+        pieces, pump = self._submitter.start(
+            body, prompt, "prompt", top_logprobs, body.prompt_logprobs, keep_end_token=True
         )
-        pieces, pump = submitted
         vocab = self._vocab
         if body.stream:
             chunks = completion_chunks(meta, pieces, vocab, top_logprobs, body.include_usage, echo)

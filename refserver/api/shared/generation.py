@@ -176,11 +176,15 @@ def generate(
     keepalive_seconds: float,
     client_gone: Callable[[], bool] = lambda: False,
     reasoning: ReasoningCount | None = None,
+    keep_end_token: bool = False,
 ) -> Pieces:
     """Drive one request to its end; see the module docstring.
 
     client_gone: the WSGI server's disconnect check; a client that left cancels the request.
     reasoning: counts the reply's reasoning tokens for the Outcome.
+    keep_end_token: an end-of-sequence token that comes (with its score: the engine sends
+    it only when logprobs were asked for) stays among the TextPiece's tokens, as text
+    completions list it; chat's logprobs leave it out, as OpenAI's do.
     """
     reasoning = reasoning or ReasoningCount(None, None, inside=False)
     completion_tokens = 0
@@ -216,6 +220,8 @@ def generate(
             if event.token_id not in text.skip_ids:  # an end-of-sequence token is no text
                 phase = reasoning.add(event.token_id)
                 pending.append(event)
+            elif keep_end_token:
+                pending.append(event)  # but its score is an entry of the logprobs
             # Stop strings end the answer: a thought that restates "Question:" must not
             # leave the reply without its answer.
             piece, stopped = text.add(event.token_id, phase)

@@ -44,10 +44,12 @@ class Submitter:
         prompt_param: str,
         top_logprobs: int | None = None,
         prompt_logprobs: int | None = None,
+        keep_end_token: bool = False,
     ) -> tuple[Pieces, EventPump]:
         """Submit to the engine: 429 when its queue is full, 503 when it is not ready.
 
         prompt_param names the field that held the prompt, for a context-length 400.
+        keep_end_token: see generate().
         """
         settings, vocab = self.settings, self.vocab
         job = engine_request(
@@ -84,7 +86,9 @@ class Submitter:
             inside=close_id is not None and prompt_opens_reasoning(prompt.text or ""),
         )
         keepalive = settings.keepalive_seconds
-        pieces = generate(pump, text, prompt_tokens, keepalive, client_gone, reasoning)
+        pieces = generate(
+            pump, text, prompt_tokens, keepalive, client_gone, reasoning, keep_end_token
+        )
         return pieces, pump
 
     @staticmethod
