@@ -86,7 +86,13 @@ class PipelineStage:
         return [cache_type() for _ in self.layers]
 
     def forward(
-        self, tokens: mx.array | None, cache: list, batch: int, length: int, last_only: bool = False
+        self,
+        tokens: mx.array | None,
+        cache: list,
+        batch: int,
+        length: int,
+        last_only: bool = False,
+        head: bool = True,
     ) -> tuple[mx.array, mx.array | None]:
         """Run this stage for a (batch, length) block of positions.
 
@@ -95,19 +101,22 @@ class PipelineStage:
         receive it waits for (None on the first stage). The caller evaluates them.
         """
         if self.is_first:
-            return self.through(self.embed_tokens(tokens), cache, last_only), None
+            return self.through(self.embed_tokens(tokens), cache, last_only, head), None
         received = self.receive(batch, length)
-        return self.through(received, cache, last_only), received
+        return self.through(received, cache, last_only, head), received
 
     def receive(self, batch: int, length: int) -> mx.array:
         """The (lazy) hidden states rank+1 sends for a (batch, length) block."""
         template = mx.zeros((batch, length, self.hidden_size), dtype=self.hidden_dtype)
         return mx.distributed.recv_like(template, self.rank + 1, group=self.group)
 
-    def through(self, h: mx.array, cache: list, last_only: bool = False) -> mx.array:
+    def through(
+        self, h: mx.array, cache: list, last_only: bool = False, head: bool = True
+    ) -> mx.array:
         """This stage's layers on hidden states `h`, then the send to rank-1, or on
         the last stage the logits (of the last position alone when `last_only`: a
-        prompt's last chunk needs no others, and a real model's head is large)."""
+        prompt's last chunk needs no others, and a real model's head is large). Without
+        `head`, the last stage gives the normed hidden states (the head applied later)."""
         mask = create_attention_mask(h, cache[0])
         for layer, layer_cache in zip(self.layers, cache, strict=True):
             h = layer(h, mask, layer_cache)
@@ -115,7 +124,7 @@ class PipelineStage:
             return mx.distributed.send(h, self.rank - 1, group=self.group)
         if last_only:
             h = h[:, -1:, :]
-        return self.head(self.norm(h))
+        return self.head(self.norm(h)) if head else self.norm(h)
 
 
 def _flatten(tree, prefix=""):

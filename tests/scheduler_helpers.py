@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import mlx.core as mx
 
+from refserver.engine.executor import PositionLogits
 from refserver.engine.scheduler import Scheduler, Sequence
 from refserver.engine.work import Decode, Prefill
 
@@ -12,18 +13,26 @@ VOCAB = 50
 LIKELY = 7
 
 
-def complete(scheduler: Scheduler, item) -> None:
-    """Read `item`'s result: its logits when it produces tokens or scores a prompt."""
+def likely(hidden: mx.array) -> mx.array:
+    """A head: logits in which LIKELY is the most likely token, one row per position."""
+    return mx.zeros((hidden.shape[0], VOCAB)).at[:, LIKELY].add(5.0)
+
+
+def complete(scheduler: Scheduler, item, head=likely) -> None:
+    """Read `item`'s result: its logits when it produces tokens or scores a prompt
+    (then `head` makes each position's)."""
     rows = len(item.seqs) if isinstance(item, Decode) else 1
     produces = isinstance(item, Decode) or (isinstance(item, Prefill) and item.final)
+    logits = likely(mx.zeros((rows, 1))) if produces else None
     if isinstance(item, Prefill) and item.scores:
-        rows, produces = len(item.tokens), True  # one row per position
-    logits = mx.zeros((rows, VOCAB)).at[:, LIKELY].add(5.0) if produces else None
+        logits = PositionLogits(mx.zeros((len(item.tokens), 1)), head)
     scheduler.on_result(item, scheduler.start_sampling(item, logits))
     scheduler.flush()
 
 
-def run(scheduler: Scheduler, steps: int = 2000, in_flight: int = 1, check=None) -> list:
+def run(
+    scheduler: Scheduler, steps: int = 2000, in_flight: int = 1, check=None, head=likely
+) -> list:
     """Issue up to `in_flight` items ahead and complete them in order, as the leader
     does; `check(scheduler)` after each result. The items issued."""
     issued, pending = [], []
@@ -33,7 +42,7 @@ def run(scheduler: Scheduler, steps: int = 2000, in_flight: int = 1, check=None)
             pending.append(item)
         if not pending:
             break
-        complete(scheduler, pending.pop(0))
+        complete(scheduler, pending.pop(0), head)
         if check is not None:
             check(scheduler)
     return issued

@@ -130,7 +130,7 @@ class _OneLayerStage:
     def make_cache(self, cache_type=KVCache):
         return [cache_type()]
 
-    def forward(self, inputs, cache, batch, length, last_only=False):
+    def forward(self, inputs, cache, batch, length, last_only=False, head=True):
         rows, count = inputs.shape
         start = cache[0].offset if isinstance(cache[0], KVCache) else cache[0]._idx
         keys, values = cache[0].update_and_fetch(

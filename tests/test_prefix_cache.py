@@ -375,13 +375,18 @@ def test_a_prompt_to_score_is_computed_whole_and_scored_in_order(max_tokens):
     )
 
 
-def test_a_one_token_prompt_to_score_finishes_at_once():
+@pytest.mark.parametrize(
+    "prompt, scores",
+    [([5], 0), ([1, 2, 3], None)],  # nothing before the one token; echo asks for nothing
+    ids=["one-token-prompt", "echo-alone"],
+)
+def test_a_prompt_with_nothing_to_compute_finishes_at_once(prompt, scores):
     scheduler = _scheduler()
-    sequence = Sequence(GenerationRequest("s", [5], max_tokens=0, prompt_logprobs=0))
+    sequence = Sequence(GenerationRequest("s", prompt, max_tokens=0, prompt_logprobs=scores))
     scheduler.add(sequence)
     scheduler.flush()
     assert scheduler.next_item() is None
-    assert events(sequence) == [Finished("length", 1, 0)]
+    assert events(sequence) == [Finished("length", len(prompt), 0)]
 
 
 @pytest.mark.parametrize("logprobs", [False, True])
@@ -396,6 +401,25 @@ def test_the_end_token_is_an_event_when_its_score_was_asked_for(logprobs):
     tokens = [e.token_id for e in found if isinstance(e, TokenEvent)]
     assert tokens == ([LIKELY] if logprobs else [])
     assert (found[-1].reason, found[-1].completion_tokens) == ("stop", 1)
+
+
+def test_a_prompt_whose_scores_fail_fails_alone():
+    """Scoring is rank 0's alone, after the chunk ran on every rank: a failure there (say
+    an allocation) ends that request, and the others go on."""
+
+    def failing_head(hidden):
+        raise RuntimeError("[metal::malloc] simulated: no memory for the logits")
+
+    scheduler = _scheduler(chunk=4)
+    scored = Sequence(GenerationRequest("s", list(range(1, 12)), 2, prompt_logprobs=1))
+    other = _sequence("o", [1, 2, 3, 4, 5], max_tokens=3)
+    scheduler.add(scored)
+    scheduler.add(other)
+    run(scheduler, steps=100, in_flight=2, head=failing_head)
+    failed = events(scored)[-1]
+    assert failed.code == "request_failed" and "simulated" in failed.message
+    assert _finished(other).reason == "length"
+    assert not scheduler.active and not scheduler.prefilling and not scheduler.prefill_in_flight
 
 
 def _run_one(scheduler: Scheduler, sequence: Sequence) -> list:

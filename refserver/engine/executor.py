@@ -7,6 +7,7 @@ joins and shrink with drops (mlx_lm's, sized as the KV ledger counts: kv_caches)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import mlx.core as mx
@@ -28,6 +29,22 @@ class MicroBatch:
     caches: list = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class PositionLogits:
+    """The logits of every position of a chunk, made on demand: `rows(start, end)`
+    applies the head to those positions' (evaluated, normed) hidden states."""
+
+    hidden: mx.array  # (positions, hidden size)
+    head: Callable[[mx.array], mx.array]
+
+    @property
+    def count(self) -> int:
+        return self.hidden.shape[0]
+
+    def rows(self, start: int, end: int) -> mx.array:
+        return self.head(self.hidden[start:end])
+
+
 class StageExecutor:
     def __init__(self, stage: PipelineStage):
         self.stage = stage
@@ -38,11 +55,13 @@ class StageExecutor:
         self.entries: dict[int, list[KVCache]] = {}
         self.ring_wait = RingWaitClock()
 
-    def run(self, item: WorkItem, inputs: mx.array | None = None) -> mx.array | None:
+    def run(
+        self, item: WorkItem, inputs: mx.array | None = None
+    ) -> mx.array | PositionLogits | None:
         """Apply `item`. The last stage returns lazy (rows, vocab) logits when the item
-        produces tokens, or (positions, vocab) when it scores a prompt's chunk;
-        everything else is evaluated here. `inputs` are the (lazy) tokens of a decode
-        issued ahead on a single rank."""
+        produces tokens, or PositionLogits when it scores a prompt's chunk; everything
+        else is evaluated here. `inputs` are the (lazy) tokens of a decode issued ahead
+        on a single rank."""
         self._apply_cache_ops(item.cache_ops)
         self._drop(item.drop)
         if isinstance(item, Prefill):
@@ -52,20 +71,29 @@ class StageExecutor:
         assert isinstance(item, Release)
         return None
 
-    def _prefill(self, item: Prefill) -> mx.array | None:
+    def _prefill(self, item: Prefill) -> mx.array | PositionLogits | None:
         if item.seq not in self.pending:
             self.pending[item.seq] = self._new_cache(item.reuse)
         cache = self.pending[item.seq]
+        if self.stage.is_last and item.scores:
+            return self._position_logits(item, cache)
         out, received = self._forward(
             item.tokens, cache, batch=1, length=len(item.tokens), last_only=item.final
         )
         if self.stage.is_last and item.final:
             return self._logits(out, received)
-        if self.stage.is_last and item.scores:
-            self.ring_wait.wait_for(received)
-            return out[0]  # (positions, vocab), lazy
         self._evaluate(out if not self.stage.is_last else [c.state for c in cache], received)
         return None
+
+    def _position_logits(self, item: Prefill, cache: list) -> PositionLogits:
+        """A scored chunk on the last stage: its layers run (and its caches fill) here;
+        the head's logits, (positions, vocabulary) in all, are left to be computed in
+        blocks, so that a long chunk of a large vocabulary never holds them at once."""
+        out, received = self._forward(
+            item.tokens, cache, batch=1, length=len(item.tokens), head=False
+        )
+        self._evaluate(out, received)
+        return PositionLogits(out[0], self.stage.head)
 
     def _new_cache(self, reuse: list[int] | None) -> list:
         if reuse is None:
@@ -156,7 +184,7 @@ class StageExecutor:
             batch.seqs = [batch.seqs[i] for i in keep]
 
     def _forward(
-        self, tokens, cache, batch: int, length: int, last_only: bool = False
+        self, tokens, cache, batch: int, length: int, last_only: bool = False, head: bool = True
     ) -> tuple[mx.array, mx.array | None]:
         """The stage's lazy output, and the ring receive it waits for (None on the
         first stage, which embeds `tokens`)."""
@@ -165,4 +193,4 @@ class StageExecutor:
             inputs = tokens if isinstance(tokens, mx.array) else mx.array(tokens, dtype=mx.int32)
             if inputs.ndim == 1:
                 inputs = inputs[None]
-        return self.stage.forward(inputs, cache, batch, length, last_only)
+        return self.stage.forward(inputs, cache, batch, length, last_only, head)

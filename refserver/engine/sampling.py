@@ -19,6 +19,7 @@ the row with the next item. Only a failure of the whole step is the cluster's.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import mlx.core as mx
 import numpy as np
@@ -194,39 +195,56 @@ def draw(logits: mx.array, samplers: list[SequenceSampler]) -> Draw:
     return Draw(mx.concatenate(chosen), row_logprobs, samplers, failures)
 
 
-class PromptScores:
-    """A prompt chunk's scores, being computed: at each position, the log-probability
-    of the prompt's next token and the `top` most likely tokens (echo with logprobs).
-    Taken from the raw logits, as a generated token's logprobs are."""
+# Positions whose logits are made at once when a prompt is scored: (rows, vocabulary)
+# floats, 0.2 GB for MiniMax's 200,064 tokens, however long the chunk.
+SCORE_ROWS = 256
 
-    def __init__(self, logits: mx.array, targets: list[int], top: int):
-        # No (positions, vocab) log-probabilities: a real model's vocabulary is large.
+
+class PositionRows(Protocol):
+    """A chunk's logits for each position, made on demand (the executor's PositionLogits)."""
+
+    @property
+    def count(self) -> int: ...
+
+    def rows(self, start: int, end: int) -> mx.array: ...
+
+
+class PromptScores:
+    """A prompt chunk's scores: at each position, the log-probability of the prompt's
+    next token and the `top` most likely tokens (echo with logprobs). Taken from the
+    raw logits, as a generated token's logprobs are, and computed here, SCORE_ROWS
+    positions at a time."""
+
+    def __init__(self, positions: PositionRows, targets: list[int], top: int):
         self.targets = targets
+        self.chosen: list[float] = []
+        self.best: list[tuple[tuple[int, float], ...]] = []
+        for start in range(0, positions.count, SCORE_ROWS):
+            end = min(start + SCORE_ROWS, positions.count)
+            self._score(positions.rows(start, end), targets[start:end], top)
+
+    def _score(self, logits: mx.array, targets: list[int], top: int) -> None:
         norm = mx.logsumexp(logits, axis=-1, keepdims=True)
-        chosen = mx.array(targets, dtype=mx.int32)[:, None]
-        self.chosen = (mx.take_along_axis(logits, chosen, axis=-1) - norm)[:, 0]
-        self.top_ids = self.top_values = None
+        index = mx.array(targets, dtype=mx.int32)[:, None]
+        chosen = (mx.take_along_axis(logits, index, axis=-1) - norm)[:, 0]
+        if top == 0:
+            self.chosen += chosen.tolist()
+            self.best += [()] * len(targets)
+            return
         if top == 1:
-            self.top_ids = mx.argmax(logits, axis=-1, keepdims=True)
-        elif top > 1:
-            self.top_ids = mx.argpartition(-logits, kth=top - 1, axis=-1)[:, :top]
-        arrays = [self.chosen]
-        if self.top_ids is not None:
-            self.top_values = mx.take_along_axis(logits, self.top_ids, axis=-1) - norm
-            arrays += [self.top_ids, self.top_values]
-        mx.async_eval(arrays)
+            ids = mx.argmax(logits, axis=-1, keepdims=True)
+        else:  # the `top` largest at the end: no negated copy of the logits
+            ids = mx.argpartition(logits, kth=logits.shape[-1] - top, axis=-1)[:, -top:]
+        values = mx.take_along_axis(logits, ids, axis=-1) - norm
+        mx.eval(chosen, ids, values)  # this block's logits are freed before the next
+        self.chosen += chosen.tolist()
+        self.best += [_best(i, v) for i, v in zip(ids.tolist(), values.tolist(), strict=True)]
 
     def events(self) -> tuple[TokenEvent, ...]:
-        """Wait for them; one TokenEvent per position, for the token that follows it."""
-        chosen = self.chosen.tolist()
-        if self.top_ids is None:
-            return tuple(TokenEvent(t, lp) for t, lp in zip(self.targets, chosen, strict=True))
-        ids, values = self.top_ids.tolist(), self.top_values.tolist()
+        """One TokenEvent per position, for the prompt token that follows it."""
         return tuple(
-            TokenEvent(target, logprob, _best(row_ids, row_values))
-            for target, logprob, row_ids, row_values in zip(
-                self.targets, chosen, ids, values, strict=True
-            )
+            TokenEvent(target, logprob, best)
+            for target, logprob, best in zip(self.targets, self.chosen, self.best, strict=True)
         )
 
 

@@ -118,14 +118,15 @@ class Scheduler:
             sequence.done = True
             self._emit(sequence, _request_failed(describe_failure(exc)))
             return
-        if _reads(sequence) == 0:  # a one-token prompt to score: nothing to compute
+        if _reads(sequence) == 0:  # nothing to generate or to score (echo alone)
             sequence.done = True
             self._emit(sequence, Finished("length", len(prompt), 0))
             return
         self.waiting.append(sequence)
         self.by_id[sequence.id] = sequence
 
-    def cancel(self, seq_id: str) -> None:
+    def cancel(self, seq_id: str, failure: ErrorEvent | None = None) -> None:
+        """Stop a sequence: it ends cancelled, or with `failure` (its own)."""
         sequence = self.by_id.get(seq_id)
         if sequence is None or sequence.done:
             return
@@ -137,7 +138,10 @@ class Scheduler:
         for group in (*self.members.values(), *self.joining.values()):
             if sequence in group:
                 group.remove(sequence)
-        self._finish(sequence, "cancelled")
+        if failure is None:
+            self._finish(sequence, "cancelled")
+        else:
+            self._end(sequence, failure)
 
     def expire(self, now: float) -> None:
         for sequence in list(self.by_id.values()):
@@ -350,10 +354,13 @@ class Scheduler:
             # Results are read in issue order: this chunk starts where the last one ended.
             start = sequence.processed + 1
             targets = sequence.request.prompt_tokens[start : start + len(item.tokens)]
-            return PromptScores(logits, targets, sequence.request.prompt_logprobs)
+            try:
+                return PromptScores(logits, targets, sequence.request.prompt_logprobs)
+            except Exception as exc:  # the chunk ran on every rank: only its scores failed
+                return RowFailure(describe_failure(exc))
         return None
 
-    def on_result(self, item: WorkItem, sampling: Draw | PromptScores | None) -> None:
+    def on_result(self, item: WorkItem, sampling: Draw | PromptScores | RowFailure | None) -> None:
         """Read what `item` produced; queue its events (see flush)."""
         if isinstance(item, Prefill):
             self._after_prefill(item, sampling)
@@ -388,10 +395,16 @@ class Scheduler:
     def _prefilling(self, seq_id: str) -> Sequence:
         return next(s for s in self.prefilling if s.id == seq_id)
 
-    def _after_prefill(self, item: Prefill, sampling: Draw | PromptScores | None) -> None:
+    def _after_prefill(
+        self, item: Prefill, sampling: Draw | PromptScores | RowFailure | None
+    ) -> None:
         self.prefill_in_flight -= 1
         sequence = self._prefilling(item.seq)
         sequence.chunks_in_flight -= 1
+        if isinstance(sampling, RowFailure):  # its scores: it fails alone, as a cancel
+            # (left among the prefilling by _end only once no chunk of it is in flight)
+            self.cancel(sequence.id, _request_failed(sampling.detail))
+            return
         if sequence.cancelled:
             if not sequence.chunks_in_flight:
                 self.prefilling.remove(sequence)
@@ -466,10 +479,14 @@ def _all_issued(sequence: Sequence) -> bool:
 
 
 def _reads(sequence: Sequence) -> int:
-    """The prompt tokens its prefill computes: all of them, but the last when nothing is
-    to be generated (its logits would only give the first generated token)."""
-    prompt = len(sequence.request.prompt_tokens)
-    return prompt if sequence.request.max_tokens else prompt - 1
+    """The prompt tokens its prefill computes: all of them; when nothing is to be
+    generated, all but the last to score them (its logits would only give the first
+    generated token), and none when no score was asked for either."""
+    request = sequence.request
+    prompt = len(request.prompt_tokens)
+    if request.max_tokens:
+        return prompt
+    return prompt - 1 if request.prompt_logprobs is not None else 0
 
 
 def _computed_tokens(sequence: Sequence) -> list[int]:
