@@ -11,6 +11,7 @@ import pytest
 from api_fakes import (
     MODEL,
     FakeEngine,
+    build_tokenizer,
     byte_tokens,
     client,
     engine,
@@ -18,6 +19,8 @@ from api_fakes import (
     sse_events,
     tokenizer,
 )
+from tokenizers import processors
+from transformers import PreTrainedTokenizerFast
 
 from refserver.api import create_app
 from refserver.engine.interface import Health, NotReadyError, QueueFullError
@@ -275,6 +278,42 @@ def test_an_lm_eval_log_likelihood_request(tokenizer, next_token):
     assert continuation == [-0.5, -0.5]  # the prompt's last two tokens, as scored
     tops = logprobs["top_logprobs"][len(ids) - 2 : -1]
     assert all(value == max(top.values()) for value, top in zip(continuation, tops, strict=True))
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_echo_offsets_with_a_tokenizer_that_adds_a_bos(stream):
+    """Llama-like tokenizers start a text prompt with a BOS token that the text leaves
+    out: it is listed, at offset 0 and taking no room, and the offsets stay the text's."""
+    plain = build_tokenizer()  # its own: the backend is changed below
+    backend = plain.backend_tokenizer
+    bos = plain.convert_tokens_to_ids("<|system|>")  # in the role of <s>
+    backend.post_processor = processors.TemplateProcessing(
+        single="<|system|> $A", special_tokens=[("<|system|>", bos)]
+    )
+    with_bos = PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="<eos>", bos_token="<|system|>"
+    )
+    engine = FakeEngine(with_bos.encode(" 42", add_special_tokens=False), eos_id=None)
+    client = _app(engine, with_bos)
+    body = {"prompt": "hello world", "echo": True, "logprobs": 1, "max_tokens": 5}
+    if stream:
+        chunks = [c["choices"][0] for c in _stream(client, COMPLETIONS, **body) if c["choices"]]
+        text = "".join(c["text"] for c in chunks)
+        offsets = [o for c in chunks if c["logprobs"] for o in c["logprobs"]["text_offset"]]
+        tokens = [t for c in chunks if c["logprobs"] for t in c["logprobs"]["tokens"]]
+    else:
+        choice = client.post(COMPLETIONS, json=body).get_json()["choices"][0]
+        text, offsets = choice["text"], choice["logprobs"]["text_offset"]
+        tokens = choice["logprobs"]["tokens"]
+    assert engine.requests[-1].prompt_tokens[0] == bos and tokens[0] == "<|system|>"
+    assert text == "hello world 42"
+    assert (
+        [text[o:] for o in offsets[1:]]
+        == [  # every other token starts where it shows
+            text[text.index(t, o) :] for t, o in zip(tokens[1:], offsets[1:], strict=True)
+        ]
+    )
+    assert offsets[:2] == [0, 0] and offsets == sorted(offsets)
 
 
 def test_echo_of_token_ids_is_their_text(client, tokenizer):

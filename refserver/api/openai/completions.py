@@ -92,8 +92,9 @@ def completion_chunks(
                     offset, echo = len(echo.text), None
                 if isinstance(item, TextPiece):
                     entries = logprobs(list(item.tokens), offset)
-                    if entries is not None:
-                        offset += sum(len(text) for text in entries["tokens"])
+                    if entries is not None:  # as completion_logprobs counts them
+                        shown = zip(entries["tokens"], item.tokens, strict=True)
+                        offset += sum(len(t) for t, e in shown if vocab.shows(e.token_id))
                     yield _chunk(meta, _choice(item.text, entries, None))
                 else:
                     yield _chunk(meta, _choice("", None, item.finish_reason))

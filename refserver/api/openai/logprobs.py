@@ -23,12 +23,14 @@ def chat_logprobs(tokens: Sequence[TokenEvent], vocab: Vocabulary, top_n: int) -
 def completion_logprobs(
     tokens: Sequence[TokenEvent], vocab: Vocabulary, top_n: int, text_offset: int
 ) -> dict[str, list[Any]]:
-    """choices[0].logprobs of a text completion; text_offset is where these tokens start."""
+    """choices[0].logprobs of a text completion; text_offset is where these tokens start.
+    A control token (a prompt's BOS, the end token) is listed, but takes no room in the
+    text, which leaves it out."""
     texts = [vocab.token(event.token_id)[0] for event in tokens]
     offsets = []
-    for text in texts:
+    for event, text in zip(tokens, texts, strict=True):
         offsets.append(text_offset)
-        text_offset += len(text)
+        text_offset += len(text) if vocab.shows(event.token_id) else 0
     return {
         "tokens": texts,
         "token_logprobs": [event.logprob for event in tokens],

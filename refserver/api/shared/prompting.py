@@ -152,6 +152,10 @@ class Vocabulary:
                 anthropic_message=anthropic,
             )
 
+    def shows(self, token_id: int) -> bool:
+        """Whether the token's text is part of the text (control tokens are left out)."""
+        return token_id not in self._hidden_ids
+
     def token(self, token_id: int) -> tuple[str, bytes]:
         """The text of one token and its exact bytes (a token may hold part of a character)."""
         cached = self._token_cache.get(token_id)
