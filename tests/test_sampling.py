@@ -7,7 +7,7 @@ import pytest
 
 from refserver.engine.executor import PositionLogits
 from refserver.engine.interface import SamplingParams
-from refserver.engine.sampling import SCORE_ROWS, PromptScores, SequenceSampler, draw
+from refserver.engine.sampling import SCORE_ROWS, ChunkScores, SequenceSampler, draw
 
 VOCAB = 64
 
@@ -43,7 +43,7 @@ def test_prompt_scores_in_blocks_equal_the_whole(top):
     hidden = mx.random.normal((positions, 16), key=mx.random.key(3))
     weights = mx.random.normal((16, 300), key=mx.random.key(4))
     targets = mx.random.randint(0, 300, (positions,), key=mx.random.key(5)).tolist()
-    scores = PromptScores(PositionLogits(hidden, lambda h: h @ weights), targets, top).events()
+    scores = ChunkScores(PositionLogits(hidden, lambda h: h @ weights), targets, top).events()
     logits = hidden @ weights
     logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
     assert [e.token_id for e in scores] == targets

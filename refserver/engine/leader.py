@@ -337,8 +337,10 @@ class PipelineEngine:
         """Run `item` on this rank and start sampling what it produced."""
         logits = self.executor.run(item, inputs)
         sampling = self.scheduler.start_sampling(item, logits)
-        if sampling is None and logits is not None:
-            mx.eval(logits)  # unsampled (cancelled), but its ring receive must happen
+        if sampling is None and isinstance(logits, mx.array):
+            # Unsampled (cancelled), but its ring receive must happen. (A scored chunk's
+            # PositionLogits hold hidden states that were evaluated with the receive.)
+            mx.eval(logits)
         return sampling
 
     def _broadcast(self, item) -> None:

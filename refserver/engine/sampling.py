@@ -209,7 +209,7 @@ class PositionRows(Protocol):
     def rows(self, start: int, end: int) -> mx.array: ...
 
 
-class PromptScores:
+class ChunkScores:
     """A prompt chunk's scores: at each position, the log-probability of the prompt's
     next token and the `top` most likely tokens (echo with logprobs). Taken from the
     raw logits, as a generated token's logprobs are, and computed here, SCORE_ROWS

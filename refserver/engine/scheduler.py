@@ -34,7 +34,7 @@ from .interface import (
 )
 from .kv_budget import KvLedger, held_positions
 from .prefix_cache import PrefixCache, PrefixHit
-from .sampling import Draw, PromptScores, RowFailure, SequenceSampler, describe_failure, draw
+from .sampling import ChunkScores, Draw, RowFailure, SequenceSampler, describe_failure, draw
 from .work import Decode, Prefill, Release, WorkItem
 
 
@@ -355,12 +355,12 @@ class Scheduler:
             start = sequence.processed + 1
             targets = sequence.request.prompt_tokens[start : start + len(item.tokens)]
             try:
-                return PromptScores(logits, targets, sequence.request.prompt_logprobs)
+                return ChunkScores(logits, targets, sequence.request.prompt_logprobs)
             except Exception as exc:  # the chunk ran on every rank: only its scores failed
                 return RowFailure(describe_failure(exc))
         return None
 
-    def on_result(self, item: WorkItem, sampling: Draw | PromptScores | RowFailure | None) -> None:
+    def on_result(self, item: WorkItem, sampling: Draw | ChunkScores | RowFailure | None) -> None:
         """Read what `item` produced; queue its events (see flush)."""
         if isinstance(item, Prefill):
             self._after_prefill(item, sampling)
@@ -396,7 +396,7 @@ class Scheduler:
         return next(s for s in self.prefilling if s.id == seq_id)
 
     def _after_prefill(
-        self, item: Prefill, sampling: Draw | PromptScores | RowFailure | None
+        self, item: Prefill, sampling: Draw | ChunkScores | RowFailure | None
     ) -> None:
         self.prefill_in_flight -= 1
         sequence = self._prefilling(item.seq)
@@ -409,7 +409,7 @@ class Scheduler:
             if not sequence.chunks_in_flight:
                 self.prefilling.remove(sequence)
             return
-        if isinstance(sampling, PromptScores):
+        if isinstance(sampling, ChunkScores):
             self._emit(sequence, PromptLogprobs(sequence.processed + 1, sampling.events()))
         sequence.processed += len(item.tokens)
         self._emit_progress(sequence)

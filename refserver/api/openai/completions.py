@@ -102,10 +102,8 @@ def completion_chunks(
                         yield usage_chunk(meta, OBJECT, item)
 
 
-def _echoed(echo: Echo | None, scores: list[TokenEvent]) -> list[TokenEvent]:
+def _echoed(echo: Echo, scores: list[TokenEvent]) -> list[TokenEvent]:
     """The prompt's tokens as logprob entries: the first unscored, then its scores."""
-    if echo is None:
-        return []
     return [TokenEvent(echo.token_ids[0])] + scores
 
 
