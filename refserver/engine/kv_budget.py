@@ -56,9 +56,11 @@ def derive_budget() -> tuple[int, str]:
     """This rank's KV budget from its memory once the weights are loaded, and whence."""
     import mlx.core as mx
 
-    if mx.metal.is_available():
+    from .mlx_memory import recommended_working_set
+
+    limit = recommended_working_set()
+    if limit is not None:
         # The GPU's recommended working set, less what the weights already hold.
-        limit = mx.metal.device_info()["max_recommended_working_set_size"]
         free, source = limit - mx.get_active_memory(), "Metal's recommended working set"
     else:
         free, source = _available_memory(), "available memory"

@@ -20,12 +20,17 @@ from ..sizes import format_size
 log = logging.getLogger(__name__)
 
 
+def recommended_working_set() -> int | None:
+    """The memory Metal recommends a process use on this Mac; None without Metal."""
+    return mx.device_info().get("max_recommended_working_set_size") or None
+
+
 def wire_working_set() -> int | None:
     """On a Mac, let MLX keep up to the GPU's recommended working set wired (never paged
     out), as mlx_lm.generate and mlx_lm.server do: a model near the machine's memory is
     otherwise slowed by paging. Returns the limit set, or None where there is none (CPU)."""
-    size = mx.device_info().get("max_recommended_working_set_size")
-    if not size:
+    size = recommended_working_set()
+    if size is None:
         return None
     mx.set_wired_limit(size)
     log.info("wired memory limit %s (Metal's recommended working set)", format_size(size))
