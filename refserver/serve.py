@@ -147,6 +147,7 @@ def _make_app(config: ServerConfig, slot, tokenizer, model_config):
         top_p=config.top_p,
         top_k=config.top_k,
         chat_template_kwargs=config.chat_template_args,
+        max_open_requests=config.max_batch + config.max_queue,
     )
     return create_app(slot, tokenizer, settings)
 

@@ -331,7 +331,7 @@ def test_openai_sdk_completions_and_errors(serve):
     streamed = _sdk(port).completions.create(model="tiny", prompt="hi", stream=True)
     assert "".join(c.choices[0].text for c in streamed if c.choices) == TEXT
     with pytest.raises(openai.BadRequestError) as caught:
-        _sdk(port).chat.completions.create(model="tiny", messages=USER, n=2)
+        _sdk(port).chat.completions.create(model="tiny", messages=USER, n=200)
     assert caught.value.body["param"] == "n"
     with pytest.raises(openai.NotFoundError):
         _sdk(port).chat.completions.create(model="gpt-4", messages=USER)

@@ -91,3 +91,35 @@ def _token_texts(model_path) -> dict[int, str]:
 
     vocab = Vocabulary(AutoTokenizer.from_pretrained(str(model_path)))
     return {i: vocab.token(i)[0] for i in range(vocab.size)}
+
+
+# A batch as lm-eval sends one (batch_size > 1): several prompts, as token ids.
+BATCH = ["The gulls above the harbour.", "Boats at dawn, " * 4, "Their crews"]
+
+
+def test_a_batch_of_prompts_answers_each_as_alone(tiny_model):
+    """Several prompts in one request (a choice each, run side by side and batched by
+    the engine) give each prompt's scores and greedy tokens as a request of its own."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model))
+    batch = [tokenizer.encode(text, add_special_tokens=False) for text in BATCH]
+    ask = {"model": "default_model", "max_tokens": 4, "temperature": 0, "echo": True}
+    ask["logprobs"] = 1
+    with ServerCluster(2, tiny_model, sink=Logs()) as server:
+        api = client(server)
+        together = api.completions.create(prompt=batch, **ask)
+        alone = [api.completions.create(prompt=ids, **ask).choices[0] for ids in batch]
+        samples = api.completions.create(prompt=BATCH[0], n=2, **ask)
+    assert [choice.index for choice in together.choices] == [0, 1, 2]
+    for mine, single, text in zip(together.choices, alone, BATCH, strict=True):
+        assert mine.text == single.text == text + reference_text(tiny_model, text, 4)
+        assert mine.logprobs.tokens == single.logprobs.tokens
+        assert mine.logprobs.token_logprobs[0] is None
+        assert mine.logprobs.token_logprobs[1:] == pytest.approx(
+            single.logprobs.token_logprobs[1:], abs=1e-4
+        )
+    assert together.usage.prompt_tokens == sum(len(ids) for ids in batch)
+    # Greedy samples of one prompt are the same text; its prompt is counted once.
+    assert [choice.text for choice in samples.choices] == [alone[0].text] * 2
+    assert samples.usage.prompt_tokens == len(batch[0])

@@ -61,7 +61,7 @@ CASES = [
     ("body over --max-body-bytes", chat_body("x" * MAX_BODY), 413, None, None),
     ("prompt longer than the context", chat_body("hello " * 5000), 400, "messages",
      "context_length_exceeded"),
-    ("n > 1", chat_body(n=2), 400, "n", None),
+    ("n beyond the open requests (2)", chat_body(n=3), 400, "n", None),
     ("top_logprobs 21", chat_body(logprobs=True, top_logprobs=21), 400, "top_logprobs", None),
     ("logprobs string", chat_body(logprobs="yes"), 400, "logprobs", None),
     ("tool without name", chat_body(tools=bad_tool(name="")), 400, "tools[0].function.name",

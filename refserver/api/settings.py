@@ -31,6 +31,8 @@ class ApiSettings:
     request_timeout_seconds: server-side deadline of a generation (None: none).
     chat_template_kwargs: defaults passed to the chat template (e.g. enable_thinking);
     a request's own chat_template_kwargs override them key by key.
+    max_open_requests: requests the engine holds at once, running and queued (None: no
+    bound here); each choice of a reply is one, so a reply may not ask for more.
     """
 
     model_name: str
@@ -47,6 +49,7 @@ class ApiSettings:
     keepalive_seconds: float = 15.0
     request_timeout_seconds: float | None = None
     chat_template_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    max_open_requests: int | None = None
 
     def __post_init__(self) -> None:
         _require(bool(self.model_name), "model_name", "must not be empty", self.model_name)
@@ -60,6 +63,8 @@ class ApiSettings:
         _require(keepalive > 0, "keepalive_seconds", "must be > 0", keepalive)
         timeout = self.request_timeout_seconds
         _require(timeout is None or timeout > 0, "request_timeout_seconds", "must be > 0", timeout)
+        open_ = self.max_open_requests
+        _require(open_ is None or open_ >= 1, "max_open_requests", "must be at least 1", open_)
         _require(all(self.api_keys), "api_keys", "must not contain an empty key", self.api_keys)
 
     @property

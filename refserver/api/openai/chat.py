@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import closing
 from typing import Any
 
-from refserver.api.openai.common import ResponseMeta, usage, usage_chunk
+from refserver.api.openai.common import ResponseMeta
 from refserver.api.openai.logprobs import chat_logprobs
 from refserver.api.shared.generation import KeepAlive, Outcome, Pieces, TextPiece
 from refserver.api.shared.message import MessageBuilder
@@ -17,14 +17,14 @@ Delta = dict[str, Any]
 CHUNK = "chat.completion.chunk"
 
 
-def chat_completion(
-    meta: ResponseMeta,
+def chat_choice(
+    index: int,
     pieces: Pieces,
     builder: MessageBuilder,
     vocab: Vocabulary,
     top_logprobs: int | None,
 ) -> dict[str, Any]:
-    """The whole reply; top_logprobs None means no logprobs were asked for."""
+    """A whole reply's choice `index`; top_logprobs None means no logprobs were asked for."""
     events: list[OutputEvent] = []
     entries: list[dict] = []
     outcome: Outcome | None = None
@@ -38,25 +38,29 @@ def chat_completion(
                 outcome = item
     assert outcome is not None, "generate() ends with an Outcome or raises"
     events += builder.finish()
-    choice = {
-        "index": 0,
+    return {
+        "index": index,
         "message": message(events),
         "logprobs": None if top_logprobs is None else {"content": entries},
         "finish_reason": builder.finish_reason(outcome.finish_reason),
     }
-    return {**meta.header("chat.completion"), "choices": [choice], "usage": usage(outcome)}
 
 
 def chat_chunks(
     meta: ResponseMeta,
+    index: int,
     pieces: Pieces,
     builder: MessageBuilder,
     vocab: Vocabulary,
     top_logprobs: int | None,
-    include_usage: bool,
 ) -> Iterator[dict[str, Any] | KeepAlive]:
-    """The chunks of a stream: role first, then content, one finish_reason, usage."""
-    yield _chunk(meta, {"role": "assistant", "content": ""})
+    """The chunks of choice `index` in a stream: role first, then content, one
+    finish_reason (the reply's usage follows all of its choices)."""
+
+    def chunk(delta: Delta, logprobs: list[dict] | None = None, finish: str | None = None):
+        return _chunk(meta, index, delta, logprobs, finish)
+
+    yield chunk({"role": "assistant", "content": ""})
     entries: list[dict] = []  # logprobs wait for the chunk that carries their text
     with closing(pieces):
         for item in pieces:
@@ -66,24 +70,23 @@ def chat_chunks(
                 if top_logprobs is not None:
                     entries += chat_logprobs(item.tokens, vocab, top_logprobs)
                 for event in builder.feed(item.text):
-                    yield _chunk(meta, delta(event), entries)
+                    yield chunk(delta(event), entries)
                     entries = []
             elif isinstance(item, Outcome):
                 for event in builder.finish():
-                    yield _chunk(meta, delta(event), entries)
+                    yield chunk(delta(event), entries)
                     entries = []
-                yield _chunk(meta, {}, entries, builder.finish_reason(item.finish_reason))
-                if include_usage:
-                    yield usage_chunk(meta, CHUNK, item)
+                yield chunk({}, entries, builder.finish_reason(item.finish_reason))
 
 
 def _chunk(
     meta: ResponseMeta,
+    index: int,
     delta: Delta,
-    logprobs: list[dict] | None = None,
-    finish_reason: str | None = None,
+    logprobs: list[dict] | None,
+    finish_reason: str | None,
 ) -> dict[str, Any]:
-    choice: dict[str, Any] = {"index": 0, "delta": delta}
+    choice: dict[str, Any] = {"index": index, "delta": delta}
     if logprobs:
         choice["logprobs"] = {"content": logprobs}
     choice["finish_reason"] = finish_reason

@@ -12,7 +12,7 @@ from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
-from refserver.api.openai.common import ResponseMeta, usage, usage_chunk
+from refserver.api.openai.common import ResponseMeta
 from refserver.api.openai.logprobs import completion_logprobs
 from refserver.api.shared.generation import KeepAlive, Outcome, Pieces, PromptScores, TextPiece
 from refserver.api.shared.prompting import Vocabulary
@@ -29,14 +29,14 @@ class Echo:
     token_ids: list[int]
 
 
-def text_completion(
-    meta: ResponseMeta,
+def completion_choice(
+    index: int,
     pieces: Pieces,
     vocab: Vocabulary,
     top_logprobs: int | None,
     echo: Echo | None = None,
 ) -> dict[str, Any]:
-    """The whole reply; top_logprobs None means no logprobs were asked for."""
+    """A whole reply's choice `index`; top_logprobs None means no logprobs were asked for."""
     texts: list[str] = [echo.text] if echo else []
     tokens: list[TokenEvent] = []
     scores: list[TokenEvent] = []
@@ -58,20 +58,22 @@ def text_completion(
         if echo is not None:
             prompt = completion_logprobs(_echoed(echo, scores), vocab, top_logprobs, 0)
             logprobs = {key: prompt[key] + logprobs[key] for key in logprobs}
-    choice = _choice("".join(texts), logprobs, outcome.finish_reason)
-    return {**meta.header(OBJECT), "choices": [choice], "usage": usage(outcome)}
+    return _choice(index, "".join(texts), logprobs, outcome.finish_reason)
 
 
 def completion_chunks(
     meta: ResponseMeta,
+    index: int,
     pieces: Pieces,
     vocab: Vocabulary,
     top_logprobs: int | None,
-    include_usage: bool,
     echo: Echo | None = None,
 ) -> Iterator[dict[str, Any] | KeepAlive]:
-    """The chunks of a stream: the echoed prompt (once its scores are all in), text
-    pieces, one finish_reason, then usage if asked."""
+    """The chunks of choice `index` in a stream: the echoed prompt (once its scores are
+    all in), text pieces, one finish_reason (the reply's usage follows all choices)."""
+
+    def chunk(text: str, logprobs: dict | None, finish_reason: str | None) -> dict[str, Any]:
+        return {**meta.header(OBJECT), "choices": [_choice(index, text, logprobs, finish_reason)]}
 
     def logprobs(tokens: list[TokenEvent], text_offset: int) -> dict | None:
         if top_logprobs is None:
@@ -88,18 +90,16 @@ def completion_chunks(
                 scores += item.tokens
             elif isinstance(item, TextPiece | Outcome):
                 if echo is not None:  # the prompt's scores are all in: generation began
-                    yield _chunk(meta, _choice(echo.text, logprobs(_echoed(echo, scores), 0), None))
+                    yield chunk(echo.text, logprobs(_echoed(echo, scores), 0), None)
                     offset, echo = len(echo.text), None
                 if isinstance(item, TextPiece):
                     entries = logprobs(list(item.tokens), offset)
                     if entries is not None:  # as completion_logprobs counts them
                         shown = zip(entries["tokens"], item.tokens, strict=True)
                         offset += sum(len(t) for t, e in shown if vocab.shows(e.token_id))
-                    yield _chunk(meta, _choice(item.text, entries, None))
+                    yield chunk(item.text, entries, None)
                 else:
-                    yield _chunk(meta, _choice("", None, item.finish_reason))
-                    if include_usage:
-                        yield usage_chunk(meta, OBJECT, item)
+                    yield chunk("", None, item.finish_reason)
 
 
 def _echoed(echo: Echo, scores: list[TokenEvent]) -> list[TokenEvent]:
@@ -107,9 +107,7 @@ def _echoed(echo: Echo, scores: list[TokenEvent]) -> list[TokenEvent]:
     return [TokenEvent(echo.token_ids[0])] + scores
 
 
-def _choice(text: str, logprobs: dict | None, finish_reason: str | None) -> dict[str, Any]:
-    return {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
-
-
-def _chunk(meta: ResponseMeta, choice: dict[str, Any]) -> dict[str, Any]:
-    return {**meta.header(OBJECT), "choices": [choice]}
+def _choice(
+    index: int, text: str, logprobs: dict | None, finish_reason: str | None
+) -> dict[str, Any]:
+    return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}

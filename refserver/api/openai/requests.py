@@ -8,6 +8,7 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from refserver.api.errors import invalid_request
 from refserver.api.shared.schemas import (
+    MAX_CHOICES,
     RESERVED_TEMPLATE_KWARGS,
     Message,
     SamplingFields,
@@ -56,20 +57,39 @@ class CompletionRequest(SamplingFields):
             message = "max_tokens 0 generates nothing; it is for echo (the prompt back, scored)"
             raise invalid_request(message, "max_tokens")
 
+    def check_choices(self) -> None:
+        """400 when the prompts times `n` make more choices than one request may ask."""
+        choices = len(self.prompts) * self.choices_per_prompt
+        if choices > MAX_CHOICES:
+            message = (
+                f"{len(self.prompts)} prompts times n={self.choices_per_prompt} make "
+                f"{choices} choices; at most {MAX_CHOICES} per request"
+            )
+            raise invalid_request(message, "n")
+
     @property
     def prompt_logprobs(self) -> int | None:
         """The alternatives per prompt token to return (echo with logprobs), else None."""
         return self.logprobs if self.echo else None
 
+    @property
+    def prompts(self) -> list[str | list[int]]:
+        """The prompts, each a text or token ids: a list of texts or of id lists is
+        several prompts (a choice each, or `n`), as evaluation harnesses batch them."""
+        if _several(self.prompt):
+            return list(self.prompt)
+        return [self.prompt]
+
     @field_validator("prompt")
     @classmethod
-    def _one_prompt(cls, prompt: Any) -> Any:
-        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list):
-            if len(prompt) != 1:
-                raise ValueError(f"only one prompt per request is supported, got {len(prompt)}")
-            prompt = prompt[0]
-        if len(prompt) == 0:
-            raise ValueError("the prompt must not be empty")
+    def _prompts(cls, prompt: Any) -> Any:
+        prompts = prompt if _several(prompt) else [prompt]
+        if len(prompts) > MAX_CHOICES:
+            raise ValueError(f"at most {MAX_CHOICES} prompts, got {len(prompts)}")
+        for index, each in enumerate(prompts):
+            if len(each) == 0:
+                where = "" if len(prompts) == 1 else f" (prompt {index})"
+                raise ValueError(f"the prompt must not be empty{where}")
         return prompt
 
     @field_validator("best_of", "suffix")
@@ -79,3 +99,8 @@ class CompletionRequest(SamplingFields):
         if value is not None and value != only:
             raise ValueError(f"only {info.field_name}={only!r} is supported")
         return value
+
+
+def _several(prompt: Any) -> bool:
+    """A list of texts or of token-id lists, rather than one prompt."""
+    return isinstance(prompt, list) and bool(prompt) and isinstance(prompt[0], str | list)

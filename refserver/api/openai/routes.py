@@ -8,14 +8,16 @@ from collections.abc import Iterator
 from flask import Flask, Response, g, jsonify
 
 from refserver.api.errors import ApiError
-from refserver.api.openai.chat import chat_chunks, chat_completion
+from refserver.api.openai.chat import CHUNK, chat_choice, chat_chunks
+from refserver.api.openai.choices import Choices, Chunk
 from refserver.api.openai.common import ResponseMeta
-from refserver.api.openai.completions import Echo, completion_chunks, text_completion
+from refserver.api.openai.completions import OBJECT, Echo, completion_choice, completion_chunks
 from refserver.api.openai.requests import ChatCompletionRequest, CompletionRequest
 from refserver.api.shared.agent_message import agent_builder
 from refserver.api.shared.chat_prompt import render_chat
-from refserver.api.shared.generation import EventPump, KeepAlive
+from refserver.api.shared.generation import Pieces
 from refserver.api.shared.message import MessageBuilderFactory
+from refserver.api.shared.prompting import Prompt
 from refserver.api.shared.sse import event_stream, sse_response
 from refserver.api.shared.submit import Submitter
 from refserver.api.validation import parse_request
@@ -66,42 +68,61 @@ class OpenAIRoutes:
         )
         top_logprobs = (body.top_logprobs or 0) if body.logprobs else None
         meta = ResponseMeta(f"chatcmpl-{g.request_id}", self._settings.model_name)
-        builder = self._message_builder(plan, prompt)
         vocab = self._vocab
-        pieces, pump = self._submitter.start(body, prompt, "messages", top_logprobs)
+        runs = self._submitter.start_choices(body, [prompt], "messages", top_logprobs)
+        choices = Choices(runs, body.choices_per_prompt)
         if body.stream:
-            chunks = chat_chunks(meta, pieces, builder, vocab, top_logprobs, body.include_usage)
-            return self._stream(chunks, pump)
-        return self._submitter.reply(
-            lambda: chat_completion(meta, pieces, builder, vocab, top_logprobs)
-        )
+
+            def chunks(index: int, pieces: Pieces) -> Iterator[Chunk]:
+                builder = self._message_builder(plan, prompt)
+                return chat_chunks(meta, index, pieces, builder, vocab, top_logprobs)
+
+            return self._stream(choices.stream(meta, CHUNK, chunks, body.include_usage), choices)
+
+        def choice(index: int, pieces: Pieces) -> dict:
+            builder = self._message_builder(plan, prompt)
+            return chat_choice(index, pieces, builder, vocab, top_logprobs)
+
+        return self._submitter.reply(lambda: choices.reply(meta, "chat.completion", choice))
 
     def completions(self) -> Response:
         body = parse_request(CompletionRequest, self._submitter.read_body())
         self._check_model(body.model)
         body.check_something_to_answer()
-        prompt = self._vocab.completion_prompt(body.prompt)
+        body.check_choices()
+        vocab = self._vocab
+        prompts = [vocab.completion_prompt(prompt) for prompt in body.prompts]
         top_logprobs = body.logprobs
-        echo = None
+        echoes = []
         if body.echo:
-            text = (
-                body.prompt
-                if isinstance(body.prompt, str)
-                else self._vocab.decode(prompt.token_ids)
-            )
-            echo = Echo(text, prompt.token_ids)
+            echoes = [self._echo(*each) for each in zip(body.prompts, prompts, strict=True)]
         meta = ResponseMeta(f"cmpl-{g.request_id}", self._settings.model_name)
         # The end token's score is listed (evaluations count every generated entry).
-        pieces, pump = self._submitter.start(
-            body, prompt, "prompt", top_logprobs, body.prompt_logprobs, keep_end_token=True
+        runs = self._submitter.start_choices(
+            body, prompts, "prompt", top_logprobs, body.prompt_logprobs, keep_end_token=True
         )
-        vocab = self._vocab
+        choices = Choices(runs, body.choices_per_prompt)
+
+        def echo_of(index: int) -> Echo | None:
+            return echoes[index // choices.per_prompt] if echoes else None
+
         if body.stream:
-            chunks = completion_chunks(meta, pieces, vocab, top_logprobs, body.include_usage, echo)
-            return self._stream(chunks, pump)
-        return self._submitter.reply(
-            lambda: text_completion(meta, pieces, vocab, top_logprobs, echo)
-        )
+
+            def chunks(index: int, pieces: Pieces) -> Iterator[Chunk]:
+                echo = echo_of(index)
+                return completion_chunks(meta, index, pieces, vocab, top_logprobs, echo)
+
+            return self._stream(choices.stream(meta, OBJECT, chunks, body.include_usage), choices)
+
+        def choice(index: int, pieces: Pieces) -> dict:
+            return completion_choice(index, pieces, vocab, top_logprobs, echo_of(index))
+
+        return self._submitter.reply(lambda: choices.reply(meta, OBJECT, choice))
+
+    def _echo(self, given: str | list[int], prompt: Prompt) -> Echo:
+        """What echo gives back of a prompt: its text as sent, or its ids' text."""
+        text = given if isinstance(given, str) else self._vocab.decode(prompt.token_ids)
+        return Echo(text, prompt.token_ids)
 
     def _check_model(self, model: str | None) -> None:
         if model is not None and model not in self._settings.served_names:
@@ -109,5 +130,5 @@ class OpenAIRoutes:
             raise ApiError(404, message, param="model", code="model_not_found")
 
     @staticmethod
-    def _stream(chunks: Iterator[dict | KeepAlive], pump: EventPump) -> Response:
-        return sse_response(event_stream(chunks, g.request_id), on_close=pump.close)
+    def _stream(chunks: Iterator[Chunk], choices: Choices) -> Response:
+        return sse_response(event_stream(chunks, g.request_id), on_close=choices.close)

@@ -24,6 +24,9 @@ from refserver.api.request_body import lone_surrogate_path
 MAX_STOP_STRINGS = 16
 MAX_STOP_CHARS = 1000
 MAX_LOGIT_BIAS = 1024
+# Choices one request may ask for (`n`, times the prompts of a text completion); the
+# engine's open requests bound them further.
+MAX_CHOICES = 128
 
 # Keys of apply_chat_template itself: a client may not override them (nor send a template).
 RESERVED_TEMPLATE_KWARGS = frozenset(
@@ -131,18 +134,11 @@ class SamplingFields(StrictModel):
     stop: str | list[str] | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None
-    n: int | None = None
+    n: int | None = Field(None, ge=1, le=MAX_CHOICES)
     user: str | None = None
     response_format: ResponseFormat | None = None
     # Tokens of reasoning before the grammar closes it (Anthropic's thinking.budget_tokens).
     thinking_budget: Count | None = None
-
-    @field_validator("n")
-    @classmethod
-    def _one_choice(cls, n: int | None) -> int | None:
-        if n is not None and n != 1:
-            raise ValueError(f"only n=1 is supported, got {n}")
-        return n
 
     @field_validator("stream_options")
     @classmethod
@@ -185,6 +181,10 @@ class SamplingFields(StrictModel):
     def requested_max_tokens(self) -> int | None:
         """max_completion_tokens (the newer name) wins over max_tokens."""
         return self.max_completion_tokens or self.max_tokens
+
+    @property
+    def choices_per_prompt(self) -> int:
+        return self.n or 1
 
     @property
     def include_usage(self) -> bool:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from flask import Response, g, jsonify, request
 
-from refserver.api.errors import ApiError
+from refserver.api.errors import ApiError, invalid_request
 from refserver.api.request_body import read_json_object
 from refserver.api.settings import ApiSettings
 from refserver.api.shared.detokenize import TextStream
@@ -21,7 +22,13 @@ from refserver.api.shared.generation import (
 )
 from refserver.api.shared.prompting import Prompt, Vocabulary
 from refserver.api.shared.schemas import SamplingFields
-from refserver.engine.interface import CapacityError, Engine, NotReadyError, QueueFullError
+from refserver.engine.interface import (
+    CapacityError,
+    Engine,
+    GenerationRequest,
+    NotReadyError,
+    QueueFullError,
+)
 from refserver.tools import prompt_opens_reasoning
 from refserver.tools.output import THINK_END, THINK_START
 
@@ -51,10 +58,75 @@ class Submitter:
         prompt_param names the field that held the prompt, for a context-length 400.
         keep_end_token: see generate().
         """
+        job = self._job(body, prompt, prompt_param, top_logprobs, prompt_logprobs)
+        return self._launch(job, body, prompt, prompt_param, keep_end_token)
+
+    def start_choices(
+        self,
+        body: SamplingFields,
+        prompts: list[Prompt],
+        prompt_param: str,
+        top_logprobs: int | None = None,
+        prompt_logprobs: int | None = None,
+        keep_end_token: bool = False,
+    ) -> list[tuple[Pieces, EventPump]]:
+        """start() for each of `prompts`, `body.n` times each, in that order: every 400
+        comes before anything is submitted, and a refusal (429, 503) cancels the choices
+        already submitted. Choice k's request id is the request's with "-k" (when there
+        are several), and a seed is the request's plus the choice's number among its
+        prompt's (so that `n` seeded samples differ, and reproduce)."""
+        per_prompt = body.choices_per_prompt
+        self._check_room(len(prompts), per_prompt)
+        jobs = [
+            self._job(body, prompt, prompt_param, top_logprobs, prompt_logprobs)
+            for prompt in prompts
+        ]
+        several = len(prompts) * per_prompt > 1
+        runs: list[tuple[Pieces, EventPump]] = []
+        try:
+            for prompt, job in zip(prompts, jobs, strict=True):
+                for sample in range(per_prompt):
+                    choice = _choice_job(job, len(runs), sample) if several else job
+                    runs.append(self._launch(choice, body, prompt, prompt_param, keep_end_token))
+        except BaseException:
+            for _, pump in runs:
+                pump.close()
+            raise
+        return runs
+
+    def _check_room(self, prompts: int, per_prompt: int) -> None:
+        """400 when a reply asks for more choices than the engine ever holds at once."""
+        most = self.settings.max_open_requests
+        if most is not None and prompts * per_prompt > most:
+            asked = f"n={per_prompt}" if prompts == 1 else f"{prompts} prompts times n={per_prompt}"
+            message = (
+                f"{asked} make {prompts * per_prompt} choices, each a request of its own; "
+                f"this server holds at most {most} requests at once (--max-batch + --max-queue)"
+            )
+            raise invalid_request(message, "n")
+
+    def _job(
+        self,
+        body: SamplingFields,
+        prompt: Prompt,
+        prompt_param: str,
+        top_logprobs: int | None,
+        prompt_logprobs: int | None,
+    ) -> GenerationRequest:
         settings, vocab = self.settings, self.vocab
-        job = engine_request(
+        return engine_request(
             g.request_id, body, prompt, prompt_param, settings, vocab, top_logprobs, prompt_logprobs
         )
+
+    def _launch(
+        self,
+        job: GenerationRequest,
+        body: SamplingFields,
+        prompt: Prompt,
+        prompt_param: str,
+        keep_end_token: bool,
+    ) -> tuple[Pieces, EventPump]:
+        settings, vocab = self.settings, self.vocab
         try:
             pump = EventPump(self.engine, job)
         except QueueFullError as exc:
@@ -98,3 +170,10 @@ class Submitter:
             return jsonify(build())
         except GenerationFailed as exc:
             raise ApiError(exc.status, exc.message, code=exc.code) from None
+
+
+def _choice_job(job: GenerationRequest, index: int, sample: int) -> GenerationRequest:
+    """The engine request of a reply's choice `index`, the `sample`th of its prompt."""
+    seed = job.sampling.seed
+    sampling = job.sampling if seed is None else replace(job.sampling, seed=seed + sample)
+    return replace(job, id=f"{job.id}-{index}", sampling=sampling)
