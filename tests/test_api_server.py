@@ -161,18 +161,20 @@ def test_keepalive_reaches_the_client_during_a_long_wait(serve):
     sock.close()
 
 
+@pytest.mark.parametrize("n", [1, 3])
 @pytest.mark.parametrize("stream", [True, False])
-def test_client_disconnect_cancels_the_engine_request(serve, stream):
+def test_client_disconnect_cancels_the_engine_request(serve, stream, n):
     engine = FakeEngine(TOKENIZER.encode(TEXT) * 50, delay=0.05)
     port = serve(engine)
-    sock = _post(port, json.dumps({"messages": USER, "stream": stream}).encode())
+    sock = _post(port, json.dumps({"messages": USER, "stream": stream, "n": n}).encode())
     if stream:
         _read_until(sock, b'"content":"Hello"')
     else:
-        assert _wait_for(lambda: engine.requests)
+        assert _wait_for(lambda: len(engine.requests) == n)
     sock.close()
-    assert _wait_for(lambda: engine.requests[0].id in engine.cancelled)
-    assert _wait_for(lambda: engine.requests[0].id in engine.closed)
+    for request in engine.requests:  # every choice's
+        assert _wait_for(lambda: request.id in engine.cancelled)
+        assert _wait_for(lambda: request.id in engine.closed)
     assert engine.finished == []
     assert _sdk(port).chat.completions.create(model="tiny", messages=USER, max_tokens=8)
 
