@@ -6,6 +6,7 @@ text completion (as lm-eval batches them), against a fake engine."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -24,9 +25,18 @@ class ChoiceEngine(FakeEngine):
     """A FakeEngine that fails the requests whose id ends in `failing`, and refuses
     submissions once `room` requests were taken."""
 
-    def __init__(self, tokens, *, failing: str | None = None, room: int | None = None, **kw):
+    def __init__(
+        self,
+        tokens,
+        *,
+        failing: str | None = None,
+        fail_delay: float = 0.0,
+        room: int | None = None,
+        **kw,
+    ):
         super().__init__(tokens, **kw)
         self.failing = failing
+        self.fail_delay = fail_delay  # the failing request's seconds before its error
         self.room = room
 
     def submit(self, request: GenerationRequest) -> Iterator[Event]:
@@ -34,8 +44,12 @@ class ChoiceEngine(FakeEngine):
             raise QueueFullError("the queue is full", retry_after_seconds=2)
         events = super().submit(request)
         if self.failing is not None and request.id.endswith(self.failing):
-            return iter([ErrorEvent("rank 1 was lost")])
+            return self._failing()
         return events
+
+    def _failing(self) -> Iterator[Event]:
+        time.sleep(self.fail_delay)
+        yield ErrorEvent("rank 1 was lost")
 
 
 def _engine(tokenizer, **kwargs) -> ChoiceEngine:
@@ -150,6 +164,28 @@ def test_a_failed_choice_fails_the_reply_and_cancels_the_others(tokenizer, strea
     gate.set()
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_failed_choice_leaves_no_reader_behind(tokenizer, stream):
+    """The others were decoding when one failed: their readers end with them."""
+
+    def reader_threads():
+        return [t for t in threading.enumerate() if t.name.startswith("choice-")]
+
+    engine = _engine(tokenizer, delay=0.02, failing="-1", fail_delay=0.2)
+    engine.tokens = engine.tokens * 100
+    body = {"messages": USER, "n": 3, "stream": stream, "max_tokens": 200}
+    response = _client(engine, tokenizer, context_length=4096).post(CHAT, json=body)
+    if stream:
+        assert "error" in _streamed(response)[-1]
+    else:
+        assert response.status_code == 503
+    deadline = time.monotonic() + 5
+    while reader_threads() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert reader_threads() == []
+    assert engine.finished == []  # the others were stopped, not run to their end
+
+
 def test_a_full_queue_midway_cancels_the_choices_already_submitted(tokenizer):
     engine = _engine(tokenizer, room=2, gate=threading.Event())
     response = _client(engine, tokenizer).post(CHAT, json={"messages": USER, "n": 3})
@@ -159,18 +195,19 @@ def test_a_full_queue_midway_cancels_the_choices_already_submitted(tokenizer):
 
 
 @pytest.mark.parametrize(
-    "path, body",
+    "path, body, param",
     [
-        (CHAT, {"messages": USER, "n": 5}),
-        (COMPLETIONS, {"prompt": ["a", "b", "c"], "n": 2}),
+        (CHAT, {"messages": USER, "n": 5}, "n"),
+        (COMPLETIONS, {"prompt": ["a", "b", "c"], "n": 2}, "n"),
+        (COMPLETIONS, {"prompt": ["a", "b", "c", "d", "e"]}, "prompt"),  # lm-eval's batch
     ],
 )
-def test_more_choices_than_the_server_holds_is_a_400(tokenizer, path, body):
+def test_more_choices_than_the_server_holds_is_a_400(tokenizer, path, body, param):
     engine = _engine(tokenizer)
     response = _client(engine, tokenizer, max_open_requests=4).post(path, json=body)
     assert response.status_code == 400
     error = response.get_json()["error"]
-    assert error["param"] == "n" and "at most 4" in error["message"]
+    assert error["param"] == param and "at most 4" in error["message"]
     assert engine.requests == []
 
 

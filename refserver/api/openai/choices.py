@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from refserver.api.openai.common import ResponseMeta, usage, usage_chunk
 from refserver.api.shared.generation import EventPump, KeepAlive, Outcome, Pieces
 
 T = TypeVar("T")
+# A keep-alive this soon after other output is dropped: each waiting choice sends one.
+_KEEPALIVE_GAP = 1.0
 Chunk = dict[str, Any] | KeepAlive
 
 
@@ -47,7 +50,8 @@ class Choices:
             yield index, choice(index, pieces)
 
         try:
-            choices = dict(merged([built(*each) for each in enumerate(self.pieces)]))
+            built_choices = [built(*each) for each in enumerate(self.pieces)]
+            choices = dict(merged(built_choices, self._names()))
         finally:
             self.close()
         in_order = [choices[index] for index in range(len(self.pieces))]
@@ -61,9 +65,18 @@ class Choices:
         include_usage: bool,
     ) -> Iterator[Chunk]:
         """Every choice's chunks as they come (`chunks(index, pieces)`), then one usage
-        chunk if asked; a failed choice ends the stream and cancels the rest."""
+        chunk if asked; a failed choice ends the stream and cancels the rest. Of the
+        keep-alives of choices that wait together, one goes out."""
+        streams = [chunks(index, pieces) for index, pieces in enumerate(self.pieces)]
+        several = len(streams) > 1
+        sent = float("-inf")
         try:
-            yield from merged([chunks(index, pieces) for index, pieces in enumerate(self.pieces)])
+            for chunk in merged(streams, self._names()):
+                now = time.monotonic()
+                if several and isinstance(chunk, KeepAlive) and now - sent < _KEEPALIVE_GAP:
+                    continue
+                sent = now
+                yield chunk
         finally:
             self.close()
         if include_usage:
@@ -74,6 +87,9 @@ class Choices:
         outcomes = [outcome for outcome in self._outcomes if outcome is not None]
         assert len(outcomes) == len(self._outcomes), "every choice ended with an Outcome"
         return combined(outcomes, self.per_prompt)
+
+    def _names(self) -> list[str]:
+        return [f"choice-{pump.request_id}" for pump in self._pumps]
 
     def _recorded(self, pieces: Pieces, index: int) -> Pieces:
         with closing(pieces):
@@ -104,10 +120,10 @@ class _Failed:
 _ENDED = object()
 
 
-def merged(streams: list[Iterator[T]]) -> Iterator[T]:
-    """The items of several streams as they come, each read in a thread of its own; the
-    first failure is raised. The caller stops the streams that are still running (their
-    engine requests) when this ends early."""
+def merged(streams: list[Iterator[T]], names: list[str]) -> Iterator[T]:
+    """The items of several streams as they come, each read in a thread of its own (of
+    that name); the first failure is raised. The caller stops the streams that are still
+    running (their engine requests) when this ends early."""
     if len(streams) == 1:
         yield from streams[0]
         return
@@ -126,8 +142,8 @@ def merged(streams: list[Iterator[T]]) -> Iterator[T]:
         finally:
             items.put(_ENDED)
 
-    for stream in streams:
-        threading.Thread(target=read, args=(stream,), name="choice", daemon=True).start()
+    for stream, name in zip(streams, names, strict=True):
+        threading.Thread(target=read, args=(stream,), name=name, daemon=True).start()
     running = len(streams)
     try:
         while running:

@@ -63,7 +63,7 @@ class CompletionRequest(SamplingFields):
         if choices > MAX_CHOICES:
             message = (
                 f"{len(self.prompts)} prompts times n={self.choices_per_prompt} make "
-                f"{choices} choices; at most {MAX_CHOICES} per request"
+                f"{choices} choices; a request may ask for at most {MAX_CHOICES}"
             )
             raise invalid_request(message, "n")
 

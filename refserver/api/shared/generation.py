@@ -134,6 +134,10 @@ class EventPump:
         self._thread = threading.Thread(target=self._run, name=f"events-{request.id}", daemon=True)
         self._thread.start()
 
+    @property
+    def request_id(self) -> str:
+        return self._request_id
+
     def next(self, timeout: float | None) -> Event | None:
         """The next event, or None when none came within `timeout` seconds."""
         try:
@@ -155,18 +159,23 @@ class EventPump:
         self._closed.set()
 
     def _run(self) -> None:
+        ended = False
         try:
             for event in self._events:
                 self._queue.put(event)
-                if self._closed.is_set() or isinstance(event, Finished | ErrorEvent):
+                ended = isinstance(event, Finished | ErrorEvent)
+                if ended or self._closed.is_set():
                     break
         except Exception:
             log.exception("engine event stream of request %s failed", self._request_id)
             self._queue.put(ErrorEvent("internal engine error"))
+            ended = True
         finally:
             close = getattr(self._events, "close", None)
             if close is not None:
                 close()
+        if not ended:  # closed while running: a reader still waiting must not wait for ever
+            self._queue.put(ErrorEvent("the generation was cancelled", "cancelled"))
 
 
 def generate(

@@ -70,11 +70,12 @@ class Submitter:
         prompt_logprobs: int | None = None,
         keep_end_token: bool = False,
     ) -> list[tuple[Pieces, EventPump]]:
-        """start() for each of `prompts`, `body.n` times each, in that order: every 400
-        comes before anything is submitted, and a refusal (429, 503) cancels the choices
-        already submitted. Choice k's request id is the request's with "-k" (when there
-        are several), and a seed is the request's plus the choice's number among its
-        prompt's (so that `n` seeded samples differ, and reproduce)."""
+        """start() for each of `prompts`, `body.n` times each, in that order. The 400s
+        of the request's own fields come before anything is submitted; a refusal at
+        submission (429, 503, or a prompt the KV budget can never hold) cancels the
+        choices already submitted. Choice k's request id is the request's with "-k"
+        (when there are several), and a seed is the request's plus the choice's number
+        among its prompt's (so that `n` seeded samples differ, and reproduce)."""
         per_prompt = body.choices_per_prompt
         self._check_room(len(prompts), per_prompt)
         jobs = [
@@ -97,13 +98,19 @@ class Submitter:
     def _check_room(self, prompts: int, per_prompt: int) -> None:
         """400 when a reply asks for more choices than the engine ever holds at once."""
         most = self.settings.max_open_requests
-        if most is not None and prompts * per_prompt > most:
-            asked = f"n={per_prompt}" if prompts == 1 else f"{prompts} prompts times n={per_prompt}"
-            message = (
-                f"{asked} make {prompts * per_prompt} choices, each a request of its own; "
-                f"this server holds at most {most} requests at once (--max-batch + --max-queue)"
-            )
-            raise invalid_request(message, "n")
+        if most is None or prompts * per_prompt <= most:
+            return
+        if per_prompt == 1:
+            asked, param = f"{prompts} prompts make", "prompt"
+        elif prompts == 1:
+            asked, param = f"n={per_prompt} makes", "n"
+        else:
+            asked, param = f"{prompts} prompts times n={per_prompt} make", "n"
+        message = (
+            f"{asked} {prompts * per_prompt} choices, each a request of its own; this "
+            f"server holds at most {most} requests at once (--max-batch + --max-queue)"
+        )
+        raise invalid_request(message, param)
 
     def _job(
         self,
