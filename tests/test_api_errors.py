@@ -93,6 +93,8 @@ CASES = [
     ("top_k float", CHAT, chat(top_k=2.5), 400, "top_k", None),
     ("min_p 2", CHAT, chat(min_p=2), 400, "min_p", None),
     ("repetition_penalty zero", CHAT, chat(repetition_penalty=0), 400, "repetition_penalty", None),
+    ("repetition_penalty 0 in float32", CHAT, chat(repetition_penalty=1e-300), 400,
+     "repetition_penalty", None),
     ("presence_penalty 5", CHAT, chat(presence_penalty=5), 400, "presence_penalty", None),
     ("frequency_penalty -3", CHAT, chat(frequency_penalty=-3), 400, "frequency_penalty", None),
     ("seed 10**30", CHAT, chat(seed=10**30), 400, "seed", None),

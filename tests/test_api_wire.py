@@ -4,8 +4,11 @@
 
 from __future__ import annotations
 
+import json
+import math
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 from api_fakes import (
@@ -23,7 +26,7 @@ from tokenizers import processors
 from transformers import PreTrainedTokenizerFast
 
 from refserver.api import create_app
-from refserver.engine.interface import Health, NotReadyError, QueueFullError
+from refserver.engine.interface import Health, NotReadyError, QueueFullError, TokenEvent
 
 TEXT = "Hello! The answer is 42."
 USER = [{"role": "user", "content": "hi"}]
@@ -202,6 +205,40 @@ def test_completion_logprobs_shape(client):
     assert "".join(logprobs["tokens"][:-1]) == choice["text"]
     assert logprobs["text_offset"][0] == 0
     assert all(len(top) <= 2 for top in logprobs["top_logprobs"])
+
+
+class RuledOutEngine(FakeEngine):
+    """Scores as a grammar's mask or a degenerate penalty leave them: -inf and NaN."""
+
+    def _events(self, request):
+        for event in super()._events(request):
+            if isinstance(event, TokenEvent) and event.logprob is not None:
+                ruled_out = tuple((t, -math.inf) for t, _ in event.top_logprobs)
+                event = replace(event, logprob=math.nan, top_logprobs=ruled_out)
+            yield event
+
+
+def _strict_json(text: str):
+    def refuse(constant):
+        raise AssertionError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("path", [CHAT, COMPLETIONS])
+def test_ruled_out_tokens_are_listed_at_a_finite_floor(tokenizer, path, stream):
+    engine = RuledOutEngine(tokenizer.encode(TEXT), eos_id=tokenizer.eos_token_id)
+    asked = {"logprobs": True, "top_logprobs": 2} if path == CHAT else {"logprobs": 2}
+    response = _app(engine, tokenizer).post(path, json=_body(path, stream=stream, **asked))
+    text = response.get_data(as_text=True)
+    if stream:
+        payloads = [line[6:] for line in text.splitlines() if line.startswith("data: {")]
+    else:
+        payloads = [text]
+    values = [_strict_json(payload) for payload in payloads]
+    assert "-9999.0" in text and "Infinity" not in text and "NaN" not in text
+    assert values
 
 
 def test_completion_logprobs_in_stream_continue_offsets(client):

@@ -16,6 +16,8 @@ VOCAB = 64
     "fields, only_the_top",
     [
         ({"temperature": 0.0}, True),
+        ({"temperature": 1e-39}, True),  # 1/T overflows float32: greedy, not arbitrary
+        ({"temperature": 1e-6}, True),
         ({"temperature": 1.0, "top_p": 0.0}, True),  # OpenAI and Anthropic accept 0
         ({"temperature": 1.0, "top_k": 1}, True),
         ({"temperature": 1.0, "top_p": 1e-9}, True),

@@ -31,6 +31,9 @@ from .interface import SamplingParams, TokenEvent
 HISTORY = 64
 # PRNG keys take a 64-bit unsigned seed; any other integer is taken modulo 2**64.
 SEED_MODULUS = 2**64
+# Temperatures below this decode greedily: their draw is the most likely token anyway,
+# and 1/T overflows float32 near 1e-38 (an arbitrary token would be drawn).
+GREEDY_BELOW = 1e-5
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,11 @@ class SequenceSampler:
 
     @property
     def is_plain_greedy(self) -> bool:
-        return self.params.temperature == 0 and not self.processors and self.matcher is None
+        return self.greedy and not self.processors and self.matcher is None
+
+    @property
+    def greedy(self) -> bool:
+        return self.params.temperature < GREEDY_BELOW
 
     @property
     def waits_for_tokens(self) -> bool:
@@ -81,7 +88,7 @@ class SequenceSampler:
             if self.matcher is not None:
                 logits_row = self._masked(logits_row)
             logprobs_row = logits_row - mx.logsumexp(logits_row, axis=-1, keepdims=True)
-        if self.params.temperature == 0:
+        if self.greedy:
             return mx.argmax(logprobs_row, axis=-1), logprobs_row
         filtered = logprobs_row
         if self.params.top_p == 0:  # a nucleus of no mass: the most likely token alone

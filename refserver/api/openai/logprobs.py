@@ -8,6 +8,17 @@ from typing import Any
 from refserver.api.shared.prompting import Vocabulary
 from refserver.engine.interface import TokenEvent
 
+# What a token the sampler ruled out (a grammar's mask, a bias of -100) is listed at:
+# JSON has no -Infinity, and a strict parser refuses the whole body for one (vLLM's).
+LOGPROB_FLOOR = -9999.0
+
+
+def finite(logprob: float | None) -> float | None:
+    """A log-probability JSON can carry: -inf (and NaN) as LOGPROB_FLOOR."""
+    if logprob is None or logprob > LOGPROB_FLOOR:  # NaN compares false
+        return logprob
+    return LOGPROB_FLOOR
+
 
 def chat_logprobs(tokens: Sequence[TokenEvent], vocab: Vocabulary, top_n: int) -> list[dict]:
     """Entries of choices[0].logprobs.content: token, logprob, bytes, top_logprobs."""
@@ -33,12 +44,12 @@ def completion_logprobs(
         text_offset += len(text) if vocab.shows(event.token_id) else 0
     return {
         "tokens": texts,
-        "token_logprobs": [event.logprob for event in tokens],
+        "token_logprobs": [finite(event.logprob) for event in tokens],
         # None for a prompt's first token (echo): nothing came before it.
         "top_logprobs": [
             None
             if event.logprob is None
-            else {vocab.token(t)[0]: lp for t, lp in event.top_logprobs[:top_n]}
+            else {vocab.token(t)[0]: finite(lp) for t, lp in event.top_logprobs[:top_n]}
             for event in tokens
         ],
         "text_offset": offsets,
@@ -47,4 +58,4 @@ def completion_logprobs(
 
 def _chat_entry(vocab: Vocabulary, token_id: int, logprob: float | None) -> dict[str, Any]:
     text, raw = vocab.token(token_id)
-    return {"token": text, "logprob": logprob, "bytes": list(raw)}
+    return {"token": text, "logprob": finite(logprob), "bytes": list(raw)}

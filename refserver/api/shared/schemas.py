@@ -126,7 +126,8 @@ class SamplingFields(StrictModel):
     top_p: float | None = Field(None, ge=0, le=1)  # 0: the top token alone
     top_k: int | None = Field(None, ge=0, le=2**31 - 1)
     min_p: float | None = Field(None, ge=0, le=1)
-    repetition_penalty: float | None = Field(None, gt=0, le=100)
+    # Below 0.01 the penalty's division overflows float32 (1e-300 is 0 there).
+    repetition_penalty: float | None = Field(None, ge=0.01, le=100)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     logit_bias: dict[str, float] | None = None
