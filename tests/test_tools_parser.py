@@ -433,3 +433,17 @@ def test_plan_tools_without_tools_parses_nothing():
 def test_plan_tools_rejects_bad_choices(tools, tool_choice, message):
     with pytest.raises(ToolChoiceError, match=re.escape(message)):
         plan_tools(tools, tool_choice)
+
+
+@pytest.mark.parametrize(
+    "parameters",
+    [
+        {"properties": {"p": {"enum": 3}}},
+        {"properties": {"p": {"anyOf": 5, "oneOf": None}}},
+        {"properties": {"p": {"allOf": "x", "enum": "ab"}}},
+    ],
+)
+def test_a_malformed_schema_never_fails_reading_a_call(parameters):
+    """A tool offered without constraint may carry a schema the grammar would refuse: a
+    call the model writes is read by what can be made of it."""
+    assert type_arguments({"p": "7"}, parameters) == {"p": 7}

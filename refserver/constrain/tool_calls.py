@@ -55,6 +55,7 @@ def _invoke_rules(rule: str, function: dict[str, Any]) -> list[str]:
     name, strict = function["name"], function.get("strict") is True
     schema = function.get("parameters") or {}
     _check_keywords(schema, _PARAMETERS_KEYWORDS, f'the parameters of tool "{name}"', strict)
+    _check_shapes(schema, f'the parameters of tool "{name}"')
     properties = schema.get("properties") or {}
     required = [p for p in schema.get("required") or () if isinstance(p, str)]
     definitions = {key: schema[key] for key in _DEFINITIONS if key in schema}
@@ -78,6 +79,7 @@ def _value(
     """The value of a parameter with its closing tag, and the rules it needs. `schema`
     carries the parameters' definitions, for its ``$ref``s (`seen`: those followed to
     it; one seen again is a schema that contains itself, left to the JSON compiler)."""
+    _check_shapes(schema, where)
     definitions = {key: schema[key] for key in _DEFINITIONS if key in schema}
     if strict and "$ref" in schema and set(schema) - _ANNOTATIONS - set(_DEFINITIONS) - {"$ref"}:
         raise ConstraintError(f"{where} has keywords beside its $ref")
@@ -150,6 +152,37 @@ def _string_regex(schema: dict[str, Any]) -> str:
     body = head[:-1] if head.endswith("$") and not head.endswith("\\$") else head + "(?s:.*)"
     regex = "/" + regex_to_lark(body, "dw") + "/"
     return regex if "minLength" not in schema and high is None else f"{regex} & {length}"
+
+
+# The JSON-Schema keywords this grammar reads, and the shape each must have.
+_SHAPES: dict[str, tuple[type, str]] = {
+    "properties": (dict, "an object of schemas"),
+    "required": (list, "a list of names"),
+    "enum": (list, "a list of values"),
+    "anyOf": (list, "a list of schemas"),
+    "oneOf": (list, "a list of schemas"),
+    "allOf": (list, "a list of schemas"),
+    "$defs": (dict, "an object of schemas"),
+    "definitions": (dict, "an object of schemas"),
+    "pattern": (str, "a regular expression"),
+}
+
+
+def _check_shapes(schema: dict[str, Any], where: str) -> None:
+    """A ConstraintError (a 400) for a keyword that is not what JSON Schema says it is:
+    the grammar could not read it, and guessing would enforce something else."""
+    for key, (shape, what) in _SHAPES.items():
+        if key in schema and not isinstance(schema[key], shape):
+            raise ConstraintError(f'{where}: "{key}" must be {what}, got {schema[key]!r:.60}')
+    names = schema.get("required", [])
+    if not all(isinstance(name, str) for name in names):
+        raise ConstraintError(f'{where}: "required" must be a list of names')
+    for key in ("anyOf", "oneOf", "allOf"):
+        if not all(isinstance(choice, dict | bool) for choice in schema.get(key, [])):
+            raise ConstraintError(f'{where}: "{key}" must be a list of schemas')
+    for key in ("properties", "$defs", "definitions"):
+        if not all(isinstance(value, dict | bool) for value in schema.get(key, {}).values()):
+            raise ConstraintError(f'{where}: "{key}" must be an object of schemas')
 
 
 def _check_keywords(schema: dict[str, Any], known: set[str], where: str, strict: bool) -> None:

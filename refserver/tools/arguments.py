@@ -117,15 +117,21 @@ def schema_types(
     types = {declared} if isinstance(declared, str) else set()
     if isinstance(declared, list):
         types.update(t for t in declared if isinstance(t, str))
-    values = list(schema.get("enum") or [])
+    values = list(_listed(schema.get("enum")))
     if "const" in schema:
         values.append(schema["const"])
     types.update(_JSON_TYPE_OF[type(v)] for v in values if type(v) in _JSON_TYPE_OF)
     for key in ("anyOf", "oneOf", "allOf"):
-        for choice in schema.get(key) or ():
+        for choice in _listed(schema.get(key)):
             if isinstance(choice, dict):
                 types |= schema_types(choice, root, seen)
     return types
+
+
+def _listed(value: Any) -> list:
+    """A keyword that must be a list, or nothing when a client sent something else (a
+    reply's arguments are read by what the schema says, never failed by it)."""
+    return value if isinstance(value, list) else []
 
 
 def _parse_as(type_name: str, value: str) -> Any:
