@@ -4,8 +4,9 @@ A chat template renders a conversation into one string, and the tokenizer reads 
 spelling of a special token in it as that token: a user message, or a tool result
 holding a file, that contains MiniMax's ``]~b]`` would open a turn of its own (a forged
 system or assistant turn), and so would the model's own reply that quoted the file, on
-the next turn. So each such spelling in a message's text (its content, reasoning and
-tool-call arguments) goes through the template as a placeholder; the rendered prompt is
+the next turn. So each such spelling in a message's text (its content, reasoning,
+tool calls: names and arguments, keys too) and in the tools offered (names, descriptions,
+schemas) goes through the template as a placeholder; the rendered prompt is
 then tokenized between the placeholders as before, and each spelling as ordinary text.
 The tokenizer splits its input at special tokens anyway, so the text around a spelling
 gets the tokens the whole prompt would give it. A conversation that spells none is
@@ -20,15 +21,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-# The message fields whose text is the conversation's (not the template's).
-_TEXT_FIELDS = ("content", "reasoning_content")
 
 
 @dataclass(frozen=True)
 class Shielded:
-    """Messages whose control spellings are placeholders, and the spellings."""
+    """Messages and tools whose control spellings are placeholders, and the spellings."""
 
     messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] | None
     spellings: list[str]
     nonce: str
 
@@ -45,9 +45,11 @@ class Shielded:
         return pieces
 
 
-def shield(messages: list[dict[str, Any]], control: Iterable[str]) -> Shielded | None:
-    """Placeholders for every spelling of a `control` string in the messages' texts;
-    None when there is none."""
+def shield(
+    messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, control: Iterable[str]
+) -> Shielded | None:
+    """Placeholders for every spelling of a `control` string in the messages' and the
+    tools' texts; None when there is none."""
     spellings = sorted({text for text in control if text}, key=len, reverse=True)
     if not spellings:
         return None
@@ -61,33 +63,21 @@ def shield(messages: list[dict[str, Any]], control: Iterable[str]) -> Shielded |
         found = found or replaced != text
         return replaced
 
-    result = [_message(message, shielded) for message in messages]
-    return Shielded(result, spellings, nonce) if found else None
-
-
-def _message(message: dict[str, Any], shielded: Callable[[str], str]) -> dict[str, Any]:
-    fields = [field for field in _TEXT_FIELDS if field in message]
-    changed = {field: _texts(message[field], shielded) for field in fields}
-    calls = message.get("tool_calls")
-    if isinstance(calls, list):
-        changed["tool_calls"] = [_call(call, shielded) for call in calls]
-    return {**message, **changed}
-
-
-def _call(call: Any, shielded: Callable[[str], str]) -> Any:
-    function = call.get("function") if isinstance(call, dict) else None
-    if not isinstance(function, dict) or "arguments" not in function:
-        return call
-    arguments = _texts(function["arguments"], shielded)  # a JSON string, or an object
-    return {**call, "function": {**function, "arguments": arguments}}
+    # A message's role picks the template's own markers: it is not the client's text.
+    result = [
+        {key: value if key == "role" else _texts(value, shielded) for key, value in m.items()}
+        for m in messages
+    ]
+    offered = None if tools is None else _texts(tools, shielded)
+    return Shielded(result, offered, spellings, nonce) if found else None
 
 
 def _texts(value: Any, shielded: Callable[[str], str]) -> Any:
-    """`value` with every string in it (text parts, argument values) shielded."""
+    """`value` with every string in it (texts, names, arguments, keys) shielded."""
     if isinstance(value, str):
         return shielded(value)
     if isinstance(value, list):
         return [_texts(item, shielded) for item in value]
     if isinstance(value, dict):
-        return {key: _texts(item, shielded) for key, item in value.items()}
+        return {shielded(key): _texts(item, shielded) for key, item in value.items()}
     return value

@@ -77,11 +77,12 @@ class Vocabulary:
         kwargs.update(continue_final_message=continue_final)
         shielded = None
         if self._encode_text_ids is not None:
-            shielded = shield(messages, self._control_texts)
+            shielded = shield(messages, kwargs["tools"], self._control_texts)
         text = self._render(messages, kwargs)
-        pieces = (
-            [] if shielded is None else shielded.pieces(self._render(shielded.messages, kwargs))
-        )
+        pieces = []
+        if shielded is not None:
+            rendered = self._render(shielded.messages, {**kwargs, "tools": shielded.tools})
+            pieces = shielded.pieces(rendered)
         if shielded is None or "".join(piece for piece, _ in pieces) != text:
             # None spelled, or a template that changed a placeholder (escaped or cut it):
             # the whole text, as mlx_lm tokenizes it.
