@@ -21,7 +21,7 @@ from refserver.engine.interface import (
     SamplingParams,
     TokenEvent,
 )
-from refserver.engine.prefix_cache import PrefixCache, PrefixHit, PrefixIndex
+from refserver.engine.prefix_cache import MAX_ENTRIES, PrefixCache, PrefixHit, PrefixIndex
 from refserver.engine.scheduler import Scheduler, Sequence
 from refserver.engine.work import Decode, Prefill, Release
 
@@ -76,6 +76,16 @@ def test_a_hit_makes_its_entry_the_most_recently_used():
     index = _index(6, [1, 2, 3], [4, 5, 6])
     index.longest_prefix([1, 2, 3, 9], 3)
     assert index.save([7, 8, 9]) == (2, [1])
+
+
+def test_the_index_keeps_at_most_max_entries_evicting_the_least_recently_used():
+    index = PrefixIndex(capacity_tokens=10**9)
+    for first in range(MAX_ENTRIES):
+        assert index.save([first, 7])[0] == first
+    assert index.longest_prefix([0, 7, 9], 3) == PrefixHit(0, 2)  # 0 is now the newest
+    entry, evicted = index.save([MAX_ENTRIES, 7])
+    assert entry == MAX_ENTRIES and evicted == [1] and len(index) == MAX_ENTRIES
+    assert 1 not in index and 0 in index
 
 
 def test_cache_ops_keep_and_evict_in_decision_order():

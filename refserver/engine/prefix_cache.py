@@ -9,8 +9,9 @@ which applies them in order, so every rank's entries hold the same tokens.
 Entries are whole token sequences, like mlx_lm's LRUPromptCache, rather than
 vLLM's hashed blocks: a rank's KV is mlx_lm's contiguous KVCache, and a prefix of
 an entry is reused by slicing it.
-Least recently used entries are evicted first when the capacity (in tokens) or
-the KV budget's room is reached; an entry that a newer one extends is dropped at once.
+Least recently used entries are evicted first when the capacity (in tokens), the
+KV budget's room or MAX_ENTRIES is reached; an entry that a newer one extends is
+dropped at once.
 """
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from .kv_budget import rounded
+
+# Entries kept at most: a lookup compares the prompt with every entry on rank 0's loop
+# (about 2 µs each), and a flood of short distinct prompts would otherwise leave tens
+# of thousands. An agent's conversations are few and long, far below this.
+MAX_ENTRIES = 1024
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,7 @@ class PrefixIndex:
         while (
             self.cached_tokens + len(array) > self.capacity_tokens
             or self.positions + rounded(len(array)) > room
+            or len(self._entries) >= MAX_ENTRIES
         ):
             evict.append(self.evict_oldest())
         entry, self._next_id = self._next_id, self._next_id + 1
