@@ -216,6 +216,67 @@ def test_conversation_maps_to_the_chat_template(tiny_tokenizer):
     ) in prompt
 
 
+def test_a_system_message_mid_conversation_reaches_the_model_as_a_reminder(tiny_tokenizer):
+    """Claude Code sends one (beta mid-conversation-system); a 400 there ended its
+    first request in its default setup."""
+    client, engine = scripted(tiny_tokenizer, "</think>Done.")
+    messages = [
+        {"role": "user", "content": "Hi."},
+        {"role": "system", "content": [{"type": "text", "text": "Agents: explore."}]},
+        {"role": "user", "content": "Go."},
+    ]
+    assert _post(client, messages=messages).status_code == 200
+    prompt = prompt_of(engine, tiny_tokenizer)
+    assert (
+        "]~b]user\nHi.[e~[\n]~b]user\n<system-reminder>\nAgents: explore.\n"
+        "</system-reminder>[e~[\n]~b]user\nGo.[e~["
+    ) in prompt
+
+
+def test_claude_codes_billing_header_stays_out_of_the_prompt(tiny_tokenizer):
+    """It changes every session: kept, it would defeat the prefix cache."""
+    client, engine = scripted(tiny_tokenizer, "</think>Done.")
+    prompts = []
+    for version in ("2.1.197.a3f", "2.1.197.0c1"):
+        header = f"x-anthropic-billing-header: cc_version={version}; cc_entrypoint=cli;"
+        system = [{"type": "text", "text": header}, {"type": "text", "text": "You are terse."}]
+        assert _post(client, system=system).status_code == 200
+        prompts.append(engine.requests[-1].prompt_tokens)
+    assert prompts[0] == prompts[1]
+    assert "billing" not in prompt_of(engine, tiny_tokenizer)
+    assert "You are terse." in prompt_of(engine, tiny_tokenizer)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"output_config": {"format": {"type": "json_schema", "schema": {"type": "object"}}}},
+        {"output_format": {"type": "json_schema", "schema": {"type": "object"}}},
+        {"output_config": {"effort": "low"}},
+    ],
+)
+def test_structured_output_is_enforced(tiny_tokenizer, fields):
+    """Claude Code asks for JSON this way (hooks, titles): it was dropped, unenforced."""
+    client, engine = scripted(tiny_tokenizer, "x")
+    assert _post(client, **fields).status_code == 200
+    constrained = "format" in fields.get("output_config", {}) or "output_format" in fields
+    assert (engine.requests[-1].sampling.constraint is not None) is constrained
+
+
+def test_max_tokens_beyond_the_cap_reads_as_an_overflow_claude_code_retries(tiny_tokenizer):
+    client, engine = scripted(tiny_tokenizer, "x", max_tokens_cap=1000)
+    message = _error(_post(client, max_tokens=64000), 400, "invalid_request_error")
+    match = re.match(
+        r"input length and `max_tokens` exceed context limit: (\d+) \+ 64000 > (\d+)", message
+    )
+    assert match and int(match.group(2)) == int(match.group(1)) + 1000
+    assert engine.requests == []
+    # What Claude Code asks next (the limit less the input, less its margin) is served.
+    assert (
+        _post(client, max_tokens=int(match.group(2)) - int(match.group(1)) - 1).status_code == 200
+    )
+
+
 def test_thinking_is_rendered_back_within_a_tool_loop(tiny_tokenizer):
     client, engine = scripted(tiny_tokenizer, "</think>Done.")
     thinking = {"type": "thinking", "thinking": "Need the file.", "signature": ""}
@@ -338,7 +399,11 @@ def _error(response, status, kind):
         ({"messages": USER}, "max_tokens"),
         ({"max_tokens": 0, "messages": USER}, "max_tokens"),
         ({"max_tokens": 5, "messages": []}, "messages"),
-        ({"max_tokens": 5, "messages": [{"role": "system", "content": "x"}]}, "messages[0].role"),
+        ({"max_tokens": 5, "messages": [{"role": "tool", "content": "x"}]}, "messages[0].role"),
+        (
+            {"max_tokens": 5, "messages": [{"role": "system", "content": [{"type": "image"}]}]},
+            "system messages cannot hold image blocks",
+        ),
         ({"max_tokens": 5, "messages": USER, "temperature": 1.5}, "temperature"),
         ({"max_tokens": 5, "messages": USER, "stop_sequences": ["x"] * 17}, "stop_sequences"),
         ({"max_tokens": 5, "messages": [{"role": "user", "content": [{"text": "x"}]}]}, "content"),

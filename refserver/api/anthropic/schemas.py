@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 from refserver.api.shared.schemas import (
     Count,
@@ -36,6 +36,11 @@ _NO_TYPE = {
 }
 _USER_BLOCKS = frozenset(("text", "tool_result", "other"))
 _ASSISTANT_BLOCKS = frozenset(("text", "tool_use", "thinking", "redacted_thinking"))
+_SYSTEM_BLOCKS = frozenset(("text",))
+# The block Claude Code puts first in `system` for Anthropic's billing: it changes with
+# every session and sub-agent, so kept in the prompt it would defeat the prefix cache
+# (~30k tokens prefilled again each time), and it says nothing to the model.
+BILLING_HEADER = "x-anthropic-billing-header:"
 
 
 class TextBlock(StrictModel):
@@ -119,12 +124,16 @@ def _text_of(content: str | list[Any]) -> str:
 
 
 class Message(StrictModel):
-    role: Literal["user", "assistant"]
+    # "system": an instruction in the middle of the conversation, as Claude Code sends
+    # one (beta mid-conversation-system); read as a <system-reminder> of the user's.
+    role: Literal["user", "assistant", "system"]
     content: str | list[Block]
 
     @model_validator(mode="after")
     def _blocks_fit_the_role(self) -> Message:
-        allowed = _USER_BLOCKS if self.role == "user" else _ASSISTANT_BLOCKS
+        allowed = {"user": _USER_BLOCKS, "assistant": _ASSISTANT_BLOCKS}.get(
+            self.role, _SYSTEM_BLOCKS
+        )
         for block in self.content if isinstance(self.content, list) else ():
             kind = block.type if block.type in _TAGS else "other"
             if kind not in allowed:
@@ -133,6 +142,11 @@ class Message(StrictModel):
 
     def to_template(self) -> list[dict[str, Any]]:
         """The chat-template messages: a user message may also yield "tool" messages."""
+        if self.role == "system":
+            # MiniMax's template renders a system message first or not at all: this one
+            # reaches the model as Claude Code itself words it when a server refuses it.
+            reminder = f"<system-reminder>\n{_text_of(self.content)}\n</system-reminder>"
+            return [{"role": "user", "content": reminder}]
         if isinstance(self.content, str):
             return [{"role": self.role, "content": self.content}]
         if self.role == "assistant":
@@ -233,8 +247,11 @@ class CountTokensRequest(StrictModel):
     def template_messages(self) -> list[dict[str, Any]]:
         """The conversation as the chat template takes it, system prompt first."""
         messages = []
-        if self.system:
-            messages.append({"role": "system", "content": _text_of(self.system)})
+        system = self.system
+        if isinstance(system, list):
+            system = [block for block in system if not block.text.startswith(BILLING_HEADER)]
+        if system:
+            messages.append({"role": "system", "content": _text_of(system)})
         for message in self.messages:
             messages += message.to_template()
         return messages
@@ -262,10 +279,25 @@ class CountTokensRequest(StrictModel):
         return {"enable_thinking": self.thinking.type != "disabled"}
 
 
+class OutputFormat(StrictModel):
+    """Anthropic's structured output: the reply is JSON valid against `schema`."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    type: Literal["json_schema"]
+    schema_: dict[str, Any] = Field(alias="schema")
+
+
+class OutputConfig(StrictModel):
+    format: OutputFormat | None = None  # its `effort` is ignored: nothing here to spend
+
+
 class MessagesRequest(CountTokensRequest):
     """The body of /v1/messages."""
 
     max_tokens: Count
+    output_config: OutputConfig | None = None
+    output_format: OutputFormat | None = None  # the beta's name before output_config
     stop_sequences: list[str] | None = None
     temperature: float | None = Field(None, ge=0, le=1)
     top_p: float | None = Field(None, ge=0, le=1)  # 0: the top token alone
@@ -285,6 +317,10 @@ class MessagesRequest(CountTokensRequest):
         fields |= {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k}
         fields |= {"tools": self.template_tools(), "tool_choice": self.openai_tool_choice()}
         fields |= {"parallel_tool_calls": self.parallel_tool_calls}
+        output = self.output_config.format if self.output_config else self.output_format
+        if output is not None:  # enforced as OpenAI's response_format is
+            json_schema = {"name": "output", "schema": output.schema_}
+            fields["response_format"] = {"type": "json_schema", "json_schema": json_schema}
         thinking = self.thinking
         if thinking is not None and thinking.type == "enabled" and thinking.budget_tokens:
             # Anthropic wants budget_tokens below max_tokens; one above is held to it.

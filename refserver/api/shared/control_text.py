@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any
 
 
-
 @dataclass(frozen=True)
 class Shielded:
     """Messages and tools whose control spellings are placeholders, and the spellings."""

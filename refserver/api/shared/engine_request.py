@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
-from refserver.api.errors import ApiError, invalid_request
+from refserver.api.errors import ApiError
 from refserver.api.settings import ApiSettings
 from refserver.api.shared.output_constraint import output_constraint
 from refserver.api.shared.prompting import Prompt, Vocabulary
@@ -72,7 +72,11 @@ def completion_budget(
     param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
     if asked > settings.max_tokens_cap:
         message = f"{param} is {asked}; this server allows at most {settings.max_tokens_cap}"
-        raise invalid_request(message, param)
+        # As an overflow of a context that ends the cap beyond the prompt: Claude Code
+        # reads those numbers and asks again with a max_tokens that fits.
+        limit = min(context, prompt_tokens + settings.max_tokens_cap)
+        anthropic = anthropic_overflow(prompt_tokens, asked, limit, context - 1)
+        raise ApiError(400, message, param=param, code="invalid_value", anthropic_message=anthropic)
     if asked > room:
         message = (
             f"this model's context holds {context} tokens, but {prompt_tokens + asked} were "
