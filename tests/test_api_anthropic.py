@@ -128,6 +128,31 @@ def test_a_queued_stream_keeps_alive_with_comments_until_message_start(tiny_toke
     ]
 
 
+@pytest.mark.parametrize("thinking", ["enabled", "disabled"])
+def test_a_long_prefill_keeps_a_thinking_reply_alive_with_content(tiny_tokenizer, thinking):
+    """Claude Code gives up after 300 s without content (pings do not count): while the
+    first token waits, a reply that starts in its reasoning gets empty thinking deltas."""
+    gate = threading.Event()
+    output = "Let me see.</think>Hi." if thinking == "enabled" else "Hi."
+    engine = FakeEngine(tiny_tokenizer.encode(output), gate=gate)
+    app = create_app(engine, tiny_tokenizer, settings(context_length=4096, keepalive_seconds=0.05))
+    threading.Timer(0.4, gate.set).start()
+    mode = {"type": thinking} | ({"budget_tokens": 1024} if thinking == "enabled" else {})
+    events = _sse(_post(app.test_client(), stream=True, thinking=mode))
+    names = [name for name, _ in events]
+    assert names[:2] == ["message_start", "ping"]
+    waiting = names[2 : names.index("content_block_stop")]
+    if thinking == "enabled":
+        assert "ping" not in waiting and waiting.count("content_block_start") == 1
+        deltas = [data["delta"] for name, data in events if name == "content_block_delta"]
+        assert deltas[:3] == [{"type": "thinking_delta", "thinking": ""}] * 3
+        assert "".join(d.get("thinking", "") for d in deltas) == "Let me see."
+        assert all(data["index"] == 0 for name, data in events if "thinking" in str(data))
+    else:
+        assert names[2:5] == ["ping"] * 3
+        assert all("thinking" not in str(data) for _, data in events)
+
+
 @pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize(
     "output, fields, reason, sequence",

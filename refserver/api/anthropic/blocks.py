@@ -39,6 +39,11 @@ class ContentBlocks:
         self.blocks: list[dict[str, Any]] = []
         self._open: str | None = None  # "text" or "thinking" while such a block is open
 
+    @property
+    def open(self) -> str | None:
+        """ "text" or "thinking" while such a block is open."""
+        return self._open
+
     def add(self, event: OutputEvent) -> list[StreamEvent]:
         if isinstance(event, ToolCallEvent):
             return self.close() + self._tool_use(event)
@@ -120,19 +125,27 @@ def message_reply(meta: MessageMeta, pieces: Pieces, builder: MessageBuilder) ->
 
 
 def message_events(
-    meta: MessageMeta, pieces: Pieces, builder: MessageBuilder
+    meta: MessageMeta, pieces: Pieces, builder: MessageBuilder, thinks_first: bool = False
 ) -> Iterator[StreamEvent | KeepAlive]:
     """The events of a stream: message_start, ping, the blocks, message_delta, message_stop.
 
     message_start waits for the engine to admit the prompt: its usage then splits the
     prompt into input and cache reads as message_delta's does (keep-alive comments
-    hold the connection open while the request queues)."""
+    hold the connection open while the request queues). When the reply starts in
+    its reasoning (`thinks_first`), a keep-alive while no other block is open is an
+    empty thinking delta, opening that block early: Claude Code gives up on a stream
+    after 300 s without content, pings not counted, and a long prompt's prefill on a
+    cluster can take longer."""
     content = ContentBlocks()
     started = False
     with closing(pieces):
         for item in pieces:
             if isinstance(item, KeepAlive):
-                yield item if started else KeepAlive(comment=True)
+                thinking = content.open == "thinking" or not content.blocks
+                if started and thinks_first and thinking:
+                    yield from content.add(ReasoningDelta(""))
+                else:
+                    yield item if started else KeepAlive(comment=True)
             elif isinstance(item, Admitted):
                 started = True
                 start_usage = usage(meta.prompt_tokens, item.cached_tokens, 0)

@@ -21,7 +21,7 @@ from refserver.api.shared.prompting import Prompt
 from refserver.api.shared.sse import ANTHROPIC_SSE, event_stream, sse_response
 from refserver.api.shared.submit import Submitter
 from refserver.api.validation import parse_request
-from refserver.tools import ToolPlan
+from refserver.tools import ToolPlan, prompt_opens_reasoning
 
 MESSAGES_PATH = "/v1/messages"
 
@@ -52,7 +52,8 @@ class AnthropicRoutes:
         model = self._submitter.settings.model_name
         meta = MessageMeta(f"msg_{g.request_id}", model, len(prompt.token_ids))
         if body.stream:
-            events = message_events(meta, pieces, builder)
+            thinks_first = prompt_opens_reasoning(prompt.text or "")
+            events = message_events(meta, pieces, builder, thinks_first)
             stream = event_stream(events, g.request_id, ANTHROPIC_SSE)
             return sse_response(stream, on_close=pump.close)
         return self._submitter.reply(lambda: message_reply(meta, pieces, builder))
