@@ -429,6 +429,10 @@ def _error(response, status, kind):
             {"max_tokens": 5, "messages": [{"role": "system", "content": [{"type": "image"}]}]},
             "system messages cannot hold image blocks",
         ),
+        (
+            {"max_tokens": 5, "messages": USER, "tools": [{**TOOLS[0], "name": "a>b"}]},
+            "a tool name may not contain",
+        ),
         ({"max_tokens": 5, "messages": USER, "temperature": 1.5}, "temperature"),
         ({"max_tokens": 5, "messages": USER, "stop_sequences": ["x"] * 17}, "stop_sequences"),
         ({"max_tokens": 5, "messages": [{"role": "user", "content": [{"text": "x"}]}]}, "content"),

@@ -19,6 +19,7 @@ from refserver.api.shared.schemas import (
     Count,
     StrictModel,
     ToolFields,
+    ToolName,
     check_stop_strings,
 )
 
@@ -188,7 +189,7 @@ class Message(StrictModel):
 
 
 class Tool(StrictModel):
-    name: str = Field(min_length=1, max_length=256)
+    name: ToolName
     description: str | None = None
     input_schema: dict[str, Any] | None = None
     type: str | None = None

@@ -8,9 +8,11 @@ applies these models and turns their errors into 400s.
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -276,8 +278,19 @@ class Message(StrictModel):
         return message
 
 
+def _spellable_name(name: str) -> str:
+    """A tool's name as MiniMax's calls spell it (<invoke name="...">): a name with a
+    quote, an angle bracket or a line break in it could be neither called nor read."""
+    if re.search(r'[<>"\x00-\x1f]', name):
+        raise ValueError('a tool name may not contain <, >, " or control characters')
+    return name
+
+
+ToolName = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_spellable_name)]
+
+
 class FunctionDef(StrictModel):
-    name: str = Field(min_length=1, max_length=256)
+    name: ToolName
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
