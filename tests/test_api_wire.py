@@ -353,6 +353,47 @@ def test_echo_offsets_with_a_tokenizer_that_adds_a_bos(stream):
     assert offsets[:2] == [0, 0] and offsets == sorted(offsets)
 
 
+def _placed(text: str, tokens: list[str], offsets: list[int]) -> bool:
+    """Each whole token stands at its offset in the text (a token that holds part of a
+    character, or a control token the text leaves out, at the next character's)."""
+    assert offsets == sorted(offsets) and all(0 <= o <= len(text) for o in offsets)
+    return all(
+        text.startswith(token, offset)
+        for token, offset in zip(tokens, offsets, strict=True)
+        if "\ufffd" not in token and token in text
+    )
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(
+    "prompt, output",
+    [
+        ("hi <|user|> there", "Hello!"),  # a text prompt that spells a control token
+        ("bytes", "é ü ok"),  # a completion of multi-byte characters, a byte a token
+        (None, "ok"),  # a prompt of byte tokens (its ids)
+    ],
+)
+def test_echo_offsets_follow_the_text(tokenizer, stream, prompt, output):
+    engine = FakeEngine(byte_tokens(tokenizer, output), eos_id=None)
+    client = _app(engine, tokenizer)
+    if prompt is None:
+        prompt = byte_tokens(tokenizer, "é and ü")
+    body = {"prompt": prompt, "echo": True, "logprobs": 1, "max_tokens": 20}
+    if stream:
+        chunks = [c["choices"][0] for c in _stream(client, COMPLETIONS, **body) if c["choices"]]
+        text = "".join(c["text"] for c in chunks)
+        offsets = [o for c in chunks if c["logprobs"] for o in c["logprobs"]["text_offset"]]
+        tokens = [t for c in chunks if c["logprobs"] for t in c["logprobs"]["tokens"]]
+    else:
+        choice = client.post(COMPLETIONS, json=body).get_json()["choices"][0]
+        text, offsets = choice["text"], choice["logprobs"]["text_offset"]
+        tokens = choice["logprobs"]["tokens"]
+    assert text.endswith(output)
+    assert _placed(text, tokens, offsets)
+    # Where the completion starts: right after the echoed prompt.
+    assert offsets[len(engine.requests[-1].prompt_tokens)] == len(text) - len(output)
+
+
 def test_echo_of_token_ids_is_their_text(client, tokenizer):
     ids = tokenizer.encode(PROMPT)
     body = {"prompt": ids, "echo": True, "max_tokens": 0, "logprobs": 1}

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from refserver.api.openai.common import ResponseMeta
-from refserver.api.openai.logprobs import completion_logprobs
+from refserver.api.openai.logprobs import TextOffsets, completion_logprobs
 from refserver.api.shared.generation import KeepAlive, Outcome, Pieces, PromptScores, TextPiece
 from refserver.api.shared.prompting import Vocabulary
 from refserver.engine.interface import TokenEvent
@@ -23,10 +23,16 @@ OBJECT = "text_completion"
 
 @dataclass(frozen=True)
 class Echo:
-    """The prompt to give back ahead of the completion: its text and token ids."""
+    """The prompt to give back ahead of the completion: its text and token ids.
+    `as_sent`: the text is the prompt as the client sent it, which may spell control
+    tokens (else it is the text of the ids, which leaves them out)."""
 
     text: str
     token_ids: list[int]
+    as_sent: bool = False
+
+    def offsets(self, vocab: Vocabulary) -> TextOffsets:
+        return TextOffsets(vocab, 0, self.text if self.as_sent else None)
 
 
 def completion_choice(
@@ -54,9 +60,10 @@ def completion_choice(
     logprobs = None
     if top_logprobs is not None:
         start = len(echo.text) if echo else 0  # the completion's text follows the prompt's
-        logprobs = completion_logprobs(tokens, vocab, top_logprobs, start)
+        logprobs = completion_logprobs(tokens, vocab, top_logprobs, TextOffsets(vocab, start))
         if echo is not None:
-            prompt = completion_logprobs(_echoed(echo, scores), vocab, top_logprobs, 0)
+            entries = _echoed(echo, scores)
+            prompt = completion_logprobs(entries, vocab, top_logprobs, echo.offsets(vocab))
             logprobs = {key: prompt[key] + logprobs[key] for key in logprobs}
     return _choice(index, "".join(texts), logprobs, outcome.finish_reason)
 
@@ -75,12 +82,12 @@ def completion_chunks(
     def chunk(text: str, logprobs: dict | None, finish_reason: str | None) -> dict[str, Any]:
         return {**meta.header(OBJECT), "choices": [_choice(index, text, logprobs, finish_reason)]}
 
-    def logprobs(tokens: list[TokenEvent], text_offset: int) -> dict | None:
+    def logprobs(tokens: list[TokenEvent], offsets: TextOffsets) -> dict | None:
         if top_logprobs is None:
             return None
-        return completion_logprobs(tokens, vocab, top_logprobs, text_offset)
+        return completion_logprobs(tokens, vocab, top_logprobs, offsets)
 
-    offset = 0
+    offsets = TextOffsets(vocab)  # the completion's, after the echoed prompt if any
     scores: list[TokenEvent] = []
     with closing(pieces):
         for item in pieces:
@@ -90,14 +97,11 @@ def completion_chunks(
                 scores += item.tokens
             elif isinstance(item, TextPiece | Outcome):
                 if echo is not None:  # the prompt's scores are all in: generation began
-                    yield chunk(echo.text, logprobs(_echoed(echo, scores), 0), None)
-                    offset, echo = len(echo.text), None
+                    entries = logprobs(_echoed(echo, scores), echo.offsets(vocab))
+                    yield chunk(echo.text, entries, None)
+                    offsets, echo = TextOffsets(vocab, len(echo.text)), None
                 if isinstance(item, TextPiece):
-                    entries = logprobs(list(item.tokens), offset)
-                    if entries is not None:  # as completion_logprobs counts them
-                        shown = zip(entries["tokens"], item.tokens, strict=True)
-                        offset += sum(len(t) for t, e in shown if vocab.shows(e.token_id))
-                    yield chunk(item.text, entries, None)
+                    yield chunk(item.text, logprobs(list(item.tokens), offsets), None)
                 else:
                     yield chunk("", None, item.finish_reason)
 

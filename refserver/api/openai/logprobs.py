@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import codecs
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from refserver.api.shared.prompting import Vocabulary
@@ -31,19 +32,38 @@ def chat_logprobs(tokens: Sequence[TokenEvent], vocab: Vocabulary, top_n: int) -
     ]
 
 
+class TextOffsets:
+    """Where each token starts in the text it makes, from `start`: the characters of
+    the whole UTF-8 characters before it (a token holding part of one starts where that
+    one does). A control token takes no room, unless `spelled` (the text these tokens
+    make, as a client sent it) spells it there: a text prompt may spell a turn marker,
+    while the BOS a tokenizer adds is in no text."""
+
+    def __init__(self, vocab: Vocabulary, start: int = 0, spelled: str | None = None):
+        self._vocab = vocab
+        self._spelled = spelled
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self.position = start
+
+    def take(self, token_ids: Iterable[int]) -> list[int]:
+        offsets = []
+        for token_id in token_ids:
+            offsets.append(self.position)
+            text, raw = self._vocab.token(token_id)
+            if self._vocab.shows(token_id):
+                self.position += len(self._decoder.decode(raw))
+            elif self._spelled is not None and self._spelled.startswith(text, self.position):
+                self.position += len(text)
+        return offsets
+
+
 def completion_logprobs(
-    tokens: Sequence[TokenEvent], vocab: Vocabulary, top_n: int, text_offset: int
+    tokens: Sequence[TokenEvent], vocab: Vocabulary, top_n: int, offsets: TextOffsets
 ) -> dict[str, list[Any]]:
-    """choices[0].logprobs of a text completion; text_offset is where these tokens start.
-    A control token (a prompt's BOS, the end token) is listed, but takes no room in the
-    text, which leaves it out."""
-    texts = [vocab.token(event.token_id)[0] for event in tokens]
-    offsets = []
-    for event, text in zip(tokens, texts, strict=True):
-        offsets.append(text_offset)
-        text_offset += len(text) if vocab.shows(event.token_id) else 0
+    """choices[0].logprobs of a text completion; `offsets` places these tokens in the
+    text (and moves past them)."""
     return {
-        "tokens": texts,
+        "tokens": [vocab.token(event.token_id)[0] for event in tokens],
         "token_logprobs": [finite(event.logprob) for event in tokens],
         # None for a prompt's first token (echo): nothing came before it.
         "top_logprobs": [
@@ -52,7 +72,7 @@ def completion_logprobs(
             else {vocab.token(t)[0]: finite(lp) for t, lp in event.top_logprobs[:top_n]}
             for event in tokens
         ],
-        "text_offset": offsets,
+        "text_offset": offsets.take(event.token_id for event in tokens),
     }
 
 

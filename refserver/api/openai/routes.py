@@ -121,8 +121,9 @@ class OpenAIRoutes:
 
     def _echo(self, given: str | list[int], prompt: Prompt) -> Echo:
         """What echo gives back of a prompt: its text as sent, or its ids' text."""
-        text = given if isinstance(given, str) else self._vocab.decode(prompt.token_ids)
-        return Echo(text, prompt.token_ids)
+        if isinstance(given, str):
+            return Echo(given, prompt.token_ids, as_sent=True)
+        return Echo(self._vocab.decode(prompt.token_ids), prompt.token_ids)
 
     def _check_model(self, model: str | None) -> None:
         if model is not None and model not in self._settings.served_names:
