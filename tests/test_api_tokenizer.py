@@ -89,13 +89,15 @@ def test_no_bound_when_the_context_is_unknown():
 def test_decoding_does_not_wait_for_a_long_encoding(tokenizer):
     unbounded = Vocabulary(PreTrainedTokenizerFast(tokenizer_object=train_tokenizer(512)))
     encoding = threading.Thread(target=unbounded.completion_prompt, args=("hello " * 400_000,))
+    began = time.monotonic()
     encoding.start()
     slowest = 0.0
     while encoding.is_alive():
         started = time.monotonic()
         unbounded.decode(ids(tokenizer, "Once upon a time"))
         slowest = max(slowest, time.monotonic() - started)
-    assert slowest < 0.1
+    # Waiting for the encoding would take about all of it; a busy machine slows both.
+    assert slowest < 0.25 * (time.monotonic() - began)
 
 
 @pytest.mark.skipif(free_memory._LIBC is None, reason="malloc_trim is glibc's")
