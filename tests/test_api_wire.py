@@ -317,6 +317,18 @@ def test_an_lm_eval_log_likelihood_request(tokenizer, next_token):
     assert all(value == max(top.values()) for value, top in zip(continuation, tops, strict=True))
 
 
+def _completion_offsets(client, body: dict, stream: bool) -> tuple[str, list[str], list[int]]:
+    """A text completion's text, logprob tokens and their offsets, streamed or whole."""
+    if stream:
+        chunks = [c["choices"][0] for c in _stream(client, COMPLETIONS, **body) if c["choices"]]
+        text = "".join(c["text"] for c in chunks)
+        offsets = [o for c in chunks if c["logprobs"] for o in c["logprobs"]["text_offset"]]
+        tokens = [t for c in chunks if c["logprobs"] for t in c["logprobs"]["tokens"]]
+        return text, tokens, offsets
+    choice = client.post(COMPLETIONS, json=body).get_json()["choices"][0]
+    return choice["text"], choice["logprobs"]["tokens"], choice["logprobs"]["text_offset"]
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_echo_offsets_with_a_tokenizer_that_adds_a_bos(stream):
     """Llama-like tokenizers start a text prompt with a BOS token that the text leaves
@@ -333,15 +345,7 @@ def test_echo_offsets_with_a_tokenizer_that_adds_a_bos(stream):
     engine = FakeEngine(with_bos.encode(" 42", add_special_tokens=False), eos_id=None)
     client = _app(engine, with_bos)
     body = {"prompt": "hello world", "echo": True, "logprobs": 1, "max_tokens": 5}
-    if stream:
-        chunks = [c["choices"][0] for c in _stream(client, COMPLETIONS, **body) if c["choices"]]
-        text = "".join(c["text"] for c in chunks)
-        offsets = [o for c in chunks if c["logprobs"] for o in c["logprobs"]["text_offset"]]
-        tokens = [t for c in chunks if c["logprobs"] for t in c["logprobs"]["tokens"]]
-    else:
-        choice = client.post(COMPLETIONS, json=body).get_json()["choices"][0]
-        text, offsets = choice["text"], choice["logprobs"]["text_offset"]
-        tokens = choice["logprobs"]["tokens"]
+    text, tokens, offsets = _completion_offsets(client, body, stream)
     assert engine.requests[-1].prompt_tokens[0] == bos and tokens[0] == "<|system|>"
     assert text == "hello world 42"
     assert (
@@ -379,15 +383,7 @@ def test_echo_offsets_follow_the_text(tokenizer, stream, prompt, output):
     if prompt is None:
         prompt = byte_tokens(tokenizer, "é and ü")
     body = {"prompt": prompt, "echo": True, "logprobs": 1, "max_tokens": 20}
-    if stream:
-        chunks = [c["choices"][0] for c in _stream(client, COMPLETIONS, **body) if c["choices"]]
-        text = "".join(c["text"] for c in chunks)
-        offsets = [o for c in chunks if c["logprobs"] for o in c["logprobs"]["text_offset"]]
-        tokens = [t for c in chunks if c["logprobs"] for t in c["logprobs"]["tokens"]]
-    else:
-        choice = client.post(COMPLETIONS, json=body).get_json()["choices"][0]
-        text, offsets = choice["text"], choice["logprobs"]["text_offset"]
-        tokens = choice["logprobs"]["tokens"]
+    text, tokens, offsets = _completion_offsets(client, body, stream)
     assert text.endswith(output)
     assert _placed(text, tokens, offsets)
     # Where the completion starts: right after the echoed prompt.
