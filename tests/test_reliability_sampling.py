@@ -82,7 +82,8 @@ OPENAI_EDGES = [
     ({"temperature": 2.0001}, False),
     ({"temperature": -0.1}, False),
     ({"repetition_penalty": 100}, True),
-    ({"repetition_penalty": 1e-9}, True),
+    ({"repetition_penalty": 0.01}, True),
+    ({"repetition_penalty": 1e-9}, False),  # 0 in float32: every score would be NaN
     ({"repetition_penalty": 0}, False),
     ({"presence_penalty": -2, "frequency_penalty": 2}, True),
     ({"presence_penalty": 2.1}, False),
