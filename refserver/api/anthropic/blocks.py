@@ -41,7 +41,7 @@ class ContentBlocks:
 
     @property
     def open(self) -> str | None:
-        """ "text" or "thinking" while such a block is open."""
+        """Which block is open: "text", "thinking" or none."""
         return self._open
 
     def add(self, event: OutputEvent) -> list[StreamEvent]:
