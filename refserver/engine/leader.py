@@ -294,7 +294,9 @@ class PipelineEngine:
             self._broadcast(item)
         if not self.inflight:
             self.scheduler.flush()
-            if not self.scheduler.active:
+            # Once no request is open: a finished sequence's arrays (its sampler's
+            # history) are freed when its HTTP thread lets go of it, maybe just after.
+            if not self.scheduler.active and not self._streams:
                 self.memory.idle()
             with self._wake:
                 if not self._inbox:
