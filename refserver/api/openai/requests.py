@@ -57,16 +57,6 @@ class CompletionRequest(SamplingFields):
             message = "max_tokens 0 generates nothing; it is for echo (the prompt back, scored)"
             raise invalid_request(message, "max_tokens")
 
-    def check_choices(self) -> None:
-        """400 when the prompts times `n` make more choices than one request may ask."""
-        choices = len(self.prompts) * self.choices_per_prompt
-        if choices > MAX_CHOICES:
-            message = (
-                f"{len(self.prompts)} prompts times n={self.choices_per_prompt} make "
-                f"{choices} choices; a request may ask for at most {MAX_CHOICES}"
-            )
-            raise invalid_request(message, "n")
-
     @property
     def prompt_logprobs(self) -> int | None:
         """The alternatives per prompt token to return (echo with logprobs), else None."""

@@ -89,7 +89,6 @@ class OpenAIRoutes:
         body = parse_request(CompletionRequest, self._submitter.read_body())
         self._check_model(body.model)
         body.check_something_to_answer()
-        body.check_choices()
         vocab = self._vocab
         prompts = [vocab.completion_prompt(prompt) for prompt in body.prompts]
         top_logprobs = body.logprobs

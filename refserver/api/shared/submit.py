@@ -21,7 +21,7 @@ from refserver.api.shared.generation import (
     generate,
 )
 from refserver.api.shared.prompting import Prompt, Vocabulary
-from refserver.api.shared.schemas import SamplingFields
+from refserver.api.shared.schemas import MAX_CHOICES, SamplingFields
 from refserver.engine.interface import (
     CapacityError,
     Engine,
@@ -96,9 +96,11 @@ class Submitter:
         return runs
 
     def _check_room(self, prompts: int, per_prompt: int) -> None:
-        """400 when a reply asks for more choices than the engine ever holds at once."""
-        most = self.settings.max_open_requests
-        if most is None or prompts * per_prompt <= most:
+        """400 when a reply asks for more choices than one request may, or than the
+        engine ever holds at once."""
+        held = self.settings.max_open_requests
+        most = MAX_CHOICES if held is None else min(MAX_CHOICES, held)
+        if prompts * per_prompt <= most:
             return
         if per_prompt == 1:
             asked, param = f"{prompts} prompts make", "prompt"
@@ -107,8 +109,9 @@ class Submitter:
         else:
             asked, param = f"{prompts} prompts times n={per_prompt} make", "n"
         message = (
-            f"{asked} {prompts * per_prompt} choices, each a request of its own; this "
-            f"server holds at most {most} requests at once (--max-batch + --max-queue)"
+            f"{asked} {prompts * per_prompt} choices, each a request of its own; a request "
+            f"may ask for at most {most} here (at most {MAX_CHOICES}, and no more than the "
+            "server holds at once: --max-batch + --max-queue)"
         )
         raise invalid_request(message, param)
 
