@@ -57,7 +57,7 @@ def _invoke_rules(rule: str, function: dict[str, Any]) -> list[str]:
     _check_keywords(schema, _PARAMETERS_KEYWORDS, f'the parameters of tool "{name}"', strict)
     _check_shapes(schema, f'the parameters of tool "{name}"')
     properties = schema.get("properties") or {}
-    required = [p for p in schema.get("required") or () if isinstance(p, str)]
+    required = schema.get("required") or []  # names: _check_shapes saw to it
     definitions = {key: schema[key] for key in _DEFINITIONS if key in schema}
     lines, parts = [], []
     for index, param in enumerate([*properties, *(p for p in required if p not in properties)]):
