@@ -164,10 +164,15 @@ def test_adapted_chunks_follow_the_speed_of_a_stage():
         (ChunkPolicy(seconds=0.25), 10_000, True, 2, 127, FIRST_ADAPTED_TOKENS),
         (ChunkPolicy(seconds=0.25), 10_000, True, 4, 32, 56),
         (ChunkPolicy(seconds=0.25), 10_000, True, 2, 1, 65),  # behind a prompt's last token
-        (ChunkPolicy(seconds=0.25), 2000, False, 2, 0, 250),  # idle: 4 chunks per stage
-        (ChunkPolicy(seconds=0.25), 2000, False, 2, 16, 250),
-        (ChunkPolicy(seconds=0.25), 100, False, 2, 0, FIRST_ADAPTED_TOKENS),  # never below
+        (ChunkPolicy(seconds=0.25), 2000, False, 2, 0, 125),  # idle: 8 chunks per stage
+        (ChunkPolicy(seconds=0.25), 2000, False, 2, 16, 125),
+        # ... no smaller than a quarter of the adapted size, nor than 8 tokens
+        (ChunkPolicy(seconds=0.25), 100, False, 2, 0, FIRST_ADAPTED_TOKENS // 4),
+        (ChunkPolicy(seconds=0.25), 52, False, 2, 0, FIRST_ADAPTED_TOKENS // 4),
         (ChunkPolicy(seconds=0.25), 100_000, False, 3, 0, MAX_IDLE_TOKENS),
+        # One stage overlaps nothing: chunks no smaller than the adapted size.
+        (ChunkPolicy(seconds=0.25), 100, False, 1, 0, FIRST_ADAPTED_TOKENS),
+        (ChunkPolicy(seconds=0.25), 2000, False, 1, 0, 250),
     ],
 )
 def test_chunk_size_with_and_without_streams_decoding(policy, body, decoding, stages, ahead, size):
@@ -241,17 +246,18 @@ def test_the_next_turn_reuses_the_prompt_and_the_output_before_it():
 
 
 def test_a_hit_cuts_its_chunks_from_what_it_reads_not_from_the_whole_prompt():
-    # Idle, a prompt is cut into 4 chunks per stage; the next turn of a 2,000-token
+    # Idle, a prompt is cut into 8 chunks per stage; the next turn of a 2,000-token
     # conversation reads 200 tokens: as one 200-token chunk, the stages took turns.
     sizer = ChunkSizer(ChunkPolicy(seconds=0.25))
     scheduler = Scheduler({EOS}, micro_batches=2, chunks=sizer, prefix_cache_tokens=10_000)
     conversation = [1 + i % 50 for i in range(2000)]
     scheduler.add(_sequence("a", conversation, max_tokens=1))
     first = [len(item.tokens) for item in _run(scheduler) if isinstance(item, Prefill)]
-    assert first == [250] * 7 + [249, 1]
+    assert first == [125] * 15 + [124, 1]
     scheduler.add(_sequence("b", conversation + [60] * 200))
     after_hit = [len(item.tokens) for item in _run(scheduler) if isinstance(item, Prefill)]
-    assert after_hit == [FIRST_ADAPTED_TOKENS, 199 - FIRST_ADAPTED_TOKENS, 1]  # 2,000 cached
+    smallest = FIRST_ADAPTED_TOKENS // 4  # 2,000 cached, 199 read
+    assert after_hit == [smallest] * 6 + [199 - 6 * smallest, 1]
 
 
 def test_keep_ops_leave_after_the_chunk_that_completes_the_prompt():
