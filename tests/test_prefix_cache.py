@@ -205,16 +205,15 @@ PROMPT = list(range(1, 12))  # 11 tokens: chunks of 4, 4, 2, then the last token
 def test_a_prompt_is_prefilled_in_chunks_that_follow_each_other_into_the_pipeline():
     scheduler = _scheduler()
     scheduler.add(_sequence("a", PROMPT))
-    first, second = scheduler.next_item(), scheduler.next_item()
+    first, second, third = scheduler.next_item(), scheduler.next_item(), scheduler.next_item()
     assert (first.tokens, second.tokens) == ([1, 2, 3, 4], [5, 6, 7, 8])
-    assert scheduler.next_item() is None  # one chunk per stage in flight
-    complete(scheduler, first)
-    third = scheduler.next_item()
     assert third.tokens == [9, 10] and not third.final
-    complete(scheduler, second)
-    complete(scheduler, third)
+    # One chunk per stage in flight, and one queued on the first stage.
+    assert scheduler.next_item() is None
+    complete(scheduler, first)
     last = scheduler.next_item()
     assert last.tokens == [11] and last.final
+    assert scheduler.next_item() is None
 
 
 def test_a_repeated_prompt_reuses_all_but_its_last_token():
@@ -301,7 +300,7 @@ def test_the_next_prompt_follows_the_last_chunk_of_the_one_before_into_the_pipel
     scheduler = _scheduler(chunk=8, depth=4)
     scheduler.add(_sequence("a", PROMPT))
     scheduler.add(_sequence("b", PROMPT + [60, 61]))
-    items = [scheduler.next_item() for _ in range(4)]
+    items = [scheduler.next_item() for _ in range(5)]
     # All of a's chunks, then b at once, before any result is read: b starts from a's
     # prompt, which every rank has computed by the time it runs b's chunk.
     assert [(item.seq, item.tokens, item.reuse) for item in items] == [
@@ -309,9 +308,10 @@ def test_the_next_prompt_follows_the_last_chunk_of_the_one_before_into_the_pipel
         ("a", PROMPT[8:10], None),
         ("a", PROMPT[10:], None),
         ("b", [60], [0, len(PROMPT)]),
+        ("b", [61], None),
     ]
     assert items[3].cache_ops == [["keep", "a", 0, len(PROMPT)]]
-    assert scheduler.next_item() is None  # one chunk per stage in flight
+    assert scheduler.next_item() is None  # one chunk per stage in flight, and one queued
 
 
 def test_the_index_counts_what_its_entries_hold_as_they_come_and_go():
