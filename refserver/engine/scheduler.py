@@ -90,8 +90,9 @@ class Scheduler:
         # With no stream decoding, on several stages, one more: queued on the first stage
         # while rank 0 finishes the oldest (else its item left only once that chunk was
         # read, and the first stage waited for it: a 700-token prompt on two stages
-        # prefilled at 1.70 × one process, and at 1.84 with it). Beside decoding streams
-        # it would double their longest gap: a step would queue behind two chunks.
+        # prefilled at 1.70 × one process, and at 1.84 with it). Not beside decoding
+        # streams: there a step could queue behind two chunks, and their gaps are bounded
+        # by one chunk at a time (see _prefill_turn).
         self.prefill_in_flight = 0
         self.stages = micro_batches
         self.idle_prefill_depth = micro_batches + 1 if micro_batches > 1 else 1
