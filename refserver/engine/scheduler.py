@@ -86,16 +86,9 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         # Admitted sequences whose prefill results are not all read, in issue order.
         self.prefilling: deque[Sequence] = deque()
-        # Prefill chunks issued and not yet read: one per stage keeps them all busy.
-        # With no stream decoding, on several stages, one more: queued on the first stage
-        # while rank 0 finishes the oldest (else its item left only once that chunk was
-        # read, and the first stage waited for it: a 700-token prompt on two stages
-        # prefilled at 1.70 × one process, and at 1.84 with it). Not beside decoding
-        # streams: there a step could queue behind two chunks, and their gaps are bounded
-        # by one chunk at a time (see _prefill_turn).
+        # Prefill chunks issued and not yet read (how many may be: _prefill_item).
         self.prefill_in_flight = 0
         self.stages = micro_batches
-        self.idle_prefill_depth = micro_batches + 1 if micro_batches > 1 else 1
         self.last_chunk_tokens = 0  # the latest chunk issued: the next grows from it
         # Micro-batches that issued a decode step since the last prefill chunk: while
         # sequences decode, one chunk per round of their steps (see _prefill_turn).
@@ -234,8 +227,14 @@ class Scheduler:
         return tokens
 
     def _prefill_item(self) -> Prefill | None:
-        depth = self.stages if self.running() else self.idle_prefill_depth
-        if self.prefill_in_flight >= depth or not self._prefill_turn():
+        # One chunk per stage keeps them all busy. With no stream decoding, on several
+        # stages, one more: queued on the first stage while rank 0 finishes the oldest
+        # (else its item left only once that chunk was read, and the first stage waited
+        # for it: a 700-token prompt on two stages prefilled at 1.70 × one process, and
+        # at 1.84 with it). Not beside decoding streams: there a step could queue behind
+        # two chunks, and their gaps are bounded by one chunk at a time (_prefill_turn).
+        queued = self.stages > 1 and not self.running()
+        if self.prefill_in_flight >= self.stages + queued or not self._prefill_turn():
             return None
         reuse = None
         if not self.prefilling or _all_issued(self.prefilling[-1]):
