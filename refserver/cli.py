@@ -55,8 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--prefill-chunk",
         default=DEFAULT_PREFILL_CHUNK,
-        help="prompt tokens per prefill step: a count (512), or a time per step on the "
-        "slowest rank (250ms) that sizes chunks to the hardware; smaller keeps running "
+        help="prompt tokens per prefill chunk: a count (512), or a time per chunk on the "
+        "slowest rank that sizes chunks to the hardware, in milliseconds (250ms) or in a "
+        "running stream's decode steps (8steps, the default: beside a long prompt a "
+        "stream's longest gap is about that many of its steps); smaller keeps running "
         "streams smoother, larger prefills long prompts a little faster",
     )
     add(

@@ -7,10 +7,12 @@ import pytest
 from scheduler_helpers import LIKELY, VOCAB, complete, events, run
 
 from refserver.engine.chunking import (
+    DEFAULT_PREFILL_CHUNK,
     FIRST_ADAPTED_TOKENS,
     MAX_ADAPTED_TOKENS,
     MAX_IDLE_TOKENS,
     MIN_ADAPTED_TOKENS,
+    STEP_GAP_WEIGHT,
     ChunkPolicy,
     ChunkSizer,
 )
@@ -111,13 +113,17 @@ def test_cache_ops_keep_and_evict_in_decision_order():
         ("1", ChunkPolicy(tokens=1)),
         ("250ms", ChunkPolicy(seconds=0.25)),
         (" 1.5 MS ", ChunkPolicy(seconds=0.0015)),
+        ("8steps", ChunkPolicy(steps=8)),
+        ("1 step", ChunkPolicy(steps=1)),
+        ("2.5Steps", ChunkPolicy(steps=2.5)),
+        (DEFAULT_PREFILL_CHUNK, ChunkPolicy(steps=8)),
     ],
 )
 def test_chunk_policy_parses(text, policy):
     assert ChunkPolicy.parse(text) == policy
 
 
-@pytest.mark.parametrize("text", ["0", "-5", "0ms", "fast", "12s", "", "1e3"])
+@pytest.mark.parametrize("text", ["0", "-5", "0ms", "0steps", "fast", "12s", "steps", "", "1e3"])
 def test_chunk_policy_refuses(text):
     with pytest.raises(ValueError, match="--prefill-chunk"):
         ChunkPolicy.parse(text)
@@ -128,7 +134,7 @@ def test_chunk_policy_refuses(text):
     [
         (ChunkPolicy(tokens=64), [(64, 10.0)], 64),  # fixed: never adapts
         (ChunkPolicy(seconds=0.25), [(128, 0.25)] * 5, 128),
-        (ChunkPolicy(seconds=0.25), [(128, 2.5)] * 20, MIN_ADAPTED_TOKENS),
+        (ChunkPolicy(seconds=0.25), [(128, 10.0)] * 20, MIN_ADAPTED_TOKENS),
         (ChunkPolicy(seconds=0.25), [(1000, 0.01)] * 20, MAX_ADAPTED_TOKENS),
         (ChunkPolicy(seconds=0.25), [(2, 100.0)] * 5, 128),  # too short to tell
     ],
@@ -145,6 +151,45 @@ def test_adapted_chunks_follow_the_speed_of_a_stage():
     for _ in range(20):
         sizer.observe(sizer.tokens, sizer.tokens / 200)  # 200 tokens/s: 40 tokens
     assert 39 <= sizer.tokens <= 41
+
+
+def _steps(sizer: ChunkSizer, batch: int, gap: float, count: int, start: float = 0.0) -> float:
+    for i in range(count):
+        sizer.stepped(batch, start + i * gap)
+    return start + (count - 1) * gap
+
+
+@pytest.mark.parametrize(
+    "steps, gap, speed, expected",
+    [
+        (8, 0.02, 100, 16),  # 8 gaps of 20 ms at 100 prompt tok/s a stage
+        (8, 0.04, 100, 32),  # a slower stream: longer chunks, the same gap in its steps
+        (4, 0.02, 100, 8),
+        (8, 0.03, 5000, 1200),  # a fast GPU: hundreds of tokens
+        (8, 0.001, 100, MIN_ADAPTED_TOKENS),
+        (8, 1.0, 10_000, MAX_ADAPTED_TOKENS),
+    ],
+)
+def test_chunks_in_steps_last_that_many_of_a_streams_gaps(steps, gap, speed, expected):
+    sizer = ChunkSizer(ChunkPolicy(steps=steps))
+    sizer.observe(64, 64 / speed)
+    assert sizer.tokens == FIRST_ADAPTED_TOKENS  # no stream's gap measured yet
+    _steps(sizer, batch=0, gap=gap, count=30)
+    assert sizer.tokens == pytest.approx(expected, abs=1)
+
+
+def test_only_a_streams_gaps_without_a_chunk_between_count():
+    sizer = ChunkSizer(ChunkPolicy(steps=8))
+    sizer.observe(64, 0.64)  # 100 tokens/s
+    now = _steps(sizer, batch=0, gap=0.02, count=10)
+    for _ in range(20):  # beside chunks the gaps grow by a chunk's time: not counted
+        sizer.observe(16, 0.16)
+        now += 0.18
+        sizer.stepped(0, now)
+    assert sizer.step_gap == pytest.approx(0.02)
+    # Each micro-batch is timed against its own last step.
+    _steps(sizer, batch=1, gap=0.05, count=2, start=now + 0.001)
+    assert sizer.step_gap == pytest.approx(0.02 + STEP_GAP_WEIGHT * (0.05 - 0.02))
 
 
 @pytest.mark.parametrize(

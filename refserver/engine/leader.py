@@ -332,6 +332,8 @@ class PipelineEngine:
         self.scheduler.on_result(item, sampling)
         if isinstance(item, Prefill):
             self.chunks.observe(len(item.tokens), time.monotonic() - began)
+        elif isinstance(item, Decode):
+            self.chunks.stepped(item.batch, time.monotonic())
         self.watchdog.end()
         self.executor.ring_wait.step_done()
 
