@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 # beside it, that stream waits for one chunk at a time (its gap is the chunk plus its
 # own step on a stage: ~8.5 usual gaps on two stages), while the prompt keeps most of
 # every stage (16/17 on two). A time measured in the streams' own steps suits any hardware: on this
-# CPU it made ~20-token chunks, on an M3 Ultra it makes hundreds. (A fixed 250 ms let
+# CPU it made ~20-token chunks; a Mac's GPU, which reads a prompt many times faster than
+# it decodes, gets far longer ones for the same gap. (A fixed 250 ms let
 # the gap grow to 13 of a stream's steps on a day the CPU decoded faster.)
 DEFAULT_PREFILL_CHUNK = "8steps"
 # Bounds of an adapted size, and where it starts before anything is measured.
@@ -127,9 +128,11 @@ class ChunkSizer:
 
     def stepped(self, batch: int, now: float) -> None:
         """Micro-batch `batch` got its step's result at `now` (monotonic seconds)."""
+        if self.policy.steps is None:
+            return
         last = self._last_step.get(batch)
         self._last_step[batch] = (now, self._chunks_done)
-        if self.policy.steps is None or last is None or last[1] != self._chunks_done:
+        if last is None or last[1] != self._chunks_done:
             return  # a chunk ran since its last step (or a prompt started it): not its usual gap
         self.step_gap = _averaged(self.step_gap, now - last[0], STEP_GAP_WEIGHT)
         self._adapt()
