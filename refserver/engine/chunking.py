@@ -146,7 +146,7 @@ class ChunkSizer:
         self.tokens = int(min(MAX_ADAPTED_TOKENS, max(MIN_ADAPTED_TOKENS, self._speed * target)))
         if not 0.5 <= self.tokens / self._logged <= 2:  # log what it chose, not every wobble
             log.info(
-                "prefill chunks: %d tokens (%.0f prompt tok/s per stage, target %s per chunk%s)",
+                "prefill chunks: %d tokens (%.0f prompt tok/s per stage, target %s%s per chunk)",
                 self.tokens,
                 self._speed,
                 self.policy,
