@@ -32,10 +32,10 @@ log = logging.getLogger(__name__)
 # A chunk lasts about as long as 8 of a running stream's usual gaps between tokens:
 # beside it, that stream waits for one chunk at a time (its gap is the chunk plus its
 # own step on a stage: ~8.5 usual gaps on two stages), while the prompt keeps most of
-# every stage (16/17 on two). A time measured in the streams' own steps suits any hardware: on this
-# CPU it made ~20-token chunks; a Mac's GPU, which reads a prompt many times faster than
-# it decodes, gets far longer ones for the same gap. (A fixed 250 ms let
-# the gap grow to 13 of a stream's steps on a day the CPU decoded faster.)
+# every stage (16/17 on two). A time measured in the streams' own steps suits any
+# hardware: on this CPU it made ~20-token chunks; a Mac's GPU, which reads a prompt
+# many times faster than it decodes, gets far longer ones for the same gap. (A fixed
+# 250 ms let the gap grow to 13 of a stream's steps on a day the CPU decoded faster.)
 DEFAULT_PREFILL_CHUNK = "8steps"
 # Bounds of an adapted size, and where it starts before anything is measured.
 MIN_ADAPTED_TOKENS = 8
