@@ -260,6 +260,10 @@ def _init_ring(config: ClusterConfig):
     watchdog.start()
     try:
         group = mx.distributed.init(backend="ring", strict=True)
+    except RuntimeError as exc:  # e.g. "[ring] Couldn't bind socket (error: 98)"
+        raise StartupError(
+            f"the MLX ring could not start on {config.hosts[config.rank][0]}: {exc}"
+        ) from exc
     finally:
         watchdog.cancel()
     if group.size() != config.world_size or group.rank() != config.rank:
