@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -21,7 +22,17 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from refserver.api.server import FETCH_BAD_PORTS  # a server on one is out of clients' reach
+
 TERMINATE_GRACE_SECONDS = 5.0
+# Ports for ranks and servers come from LOWEST_PORT up to the ephemeral range (free_ports).
+LOWEST_PORT = 10000
+PORT_ATTEMPTS = 100
+# Every port free_ports gave out in this process: two calls (a server's HTTP port, then
+# its ranks' ports) must not hand out the same port while neither is bound yet.
+_handed_out: set[int] = set()
+_handed_out_lock = threading.Lock()
+_port_choice = random.Random()  # private, so a test seeding `random` cannot repeat ports
 
 
 class RankFailed(RuntimeError):
@@ -40,17 +51,53 @@ class RankFailed(RuntimeError):
 
 
 def free_ports(count: int) -> list[int]:
-    """Ports the kernel says are free now, all distinct (held open until all are chosen)."""
-    sockets = []
+    """Ports free now, all distinct (held open until all are chosen), never given out
+    before by this process, none that a browser or Node's fetch refuses, and from below
+    the kernel's ephemeral range: a port from inside it could be given to an outgoing
+    connection (a health check, a rank's own connect) in the seconds before its rank
+    listens on it, and that rank then fails to bind."""
+    sockets: list[socket.socket] = []
+    first_ephemeral = _first_ephemeral_port()
+    with _handed_out_lock:
+        try:
+            tries = 0
+            while len(sockets) < count:
+                tries += 1
+                if tries > count * PORT_ATTEMPTS:
+                    raise OSError(f"no {count} free ports found in {count * PORT_ATTEMPTS} tries")
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                try:
+                    sock.bind(("127.0.0.1", _candidate_port(first_ephemeral)))
+                except OSError:  # taken (or held above for this call)
+                    sock.close()
+                    continue
+                port = sock.getsockname()[1]
+                # another caller's (maybe not bound yet), or one that clients refuse
+                if port in _handed_out or port in FETCH_BAD_PORTS:
+                    sock.close()
+                    continue
+                sockets.append(sock)
+            ports = [s.getsockname()[1] for s in sockets]
+            _handed_out.update(ports)
+            return ports
+        finally:
+            for sock in sockets:
+                sock.close()
+
+
+def _candidate_port(first_ephemeral: int) -> int:
+    """A random port between LOWEST_PORT and the ephemeral range, or 0 (the kernel's
+    choice) where a system leaves too little room below that range."""
+    if first_ephemeral - LOWEST_PORT < 1000:
+        return 0
+    return _port_choice.randrange(LOWEST_PORT, first_ephemeral)
+
+
+def _first_ephemeral_port() -> int:
     try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 49152  # IANA's dynamic ports: macOS's ephemeral range
 
 
 def _die_with_parent() -> None:

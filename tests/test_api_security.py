@@ -10,7 +10,7 @@ import pytest
 from api_fakes import client, engine, settings, tokenizer
 
 from refserver.api import create_app
-from refserver.api.server import is_loopback, warn_if_exposed
+from refserver.api.server import is_loopback, warn_if_browsers_refuse, warn_if_exposed
 
 KEYS = ("key-one", "key-two")
 CHAT = "/v1/chat/completions"
@@ -151,6 +151,13 @@ def test_warning_when_exposed_without_a_key(caplog, host, keys, warned):
     with caplog.at_level(logging.WARNING):
         warn_if_exposed(host, keys)
     assert any("without an API key" in r.getMessage() for r in caplog.records) is warned
+
+
+@pytest.mark.parametrize("port, warned", [(10080, True), (6000, True), (8080, False), (0, False)])
+def test_warning_when_browsers_refuse_the_port(caplog, port, warned):
+    with caplog.at_level(logging.WARNING):
+        warn_if_browsers_refuse(port)
+    assert any("bad port" in r.getMessage() for r in caplog.records) is warned
 
 
 def test_is_loopback():

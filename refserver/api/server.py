@@ -30,6 +30,16 @@ from refserver.api.settings import ApiSettings
 
 log = logging.getLogger(__name__)
 
+# The Fetch standard's "bad ports": browsers and Node's fetch (so the OpenAI and Vercel AI
+# SDKs in Node) refuse to connect to them, with "bad port" / ERR_UNSAFE_PORT.
+FETCH_BAD_PORTS = frozenset(
+    {1, 7, 9, 11, 13, 15, 17, 19, 20, 21, 22, 23, 25, 37, 42, 43, 53, 69, 77, 79, 87, 95}
+    | {101, 102, 103, 104, 109, 110, 111, 113, 115, 117, 119, 123, 135, 137, 139, 143}
+    | {161, 179, 389, 427, 465, 512, 513, 514, 515, 526, 530, 531, 532, 540, 548, 554}
+    | {556, 563, 587, 601, 636, 989, 990, 993, 995, 1719, 1720, 1723, 2049, 3659, 4045}
+    | {4190, 5060, 5061, 6000, 6566, 6665, 6666, 6667, 6668, 6669, 6679, 6697, 10080}
+)
+
 
 class PortUnavailableError(RuntimeError):
     """The address cannot be listened on (port in use, unknown host, no permission)."""
@@ -72,6 +82,18 @@ def warn_if_exposed(host: str, api_keys: tuple[str, ...]) -> None:
         )
 
 
+def warn_if_browsers_refuse(port: int) -> None:
+    """Log a warning when browsers and Node clients will refuse to connect to `port`
+    (curl and Python clients still can, so it is not an error)."""
+    if port in FETCH_BAD_PORTS:
+        log.warning(
+            "port %d is one that browsers and Node's fetch refuse to connect to (\"bad "
+            'port"): Node-based agents and web UIs cannot reach this server; choose '
+            "another --port",
+            port,
+        )
+
+
 def make_server(
     app: Flask,
     host: str,
@@ -86,12 +108,14 @@ def make_server(
     Every streaming request holds one of the `threads` until it ends: more than the
     engine keeps open, or /health and the 429s wait behind the streams.
 
-    Warns when `host` is not a loopback address and the app has no API key.
+    Warns when `host` is not a loopback address and the app has no API key, and when
+    browsers and Node clients refuse `port`.
 
     ``effective_port`` on the result is the port bound (useful with port 0).
     """
     settings: ApiSettings = app.extensions["refserver"]
     warn_if_exposed(host, settings.api_keys)
+    warn_if_browsers_refuse(port)
     server = create_server(
         app,
         host=host,
