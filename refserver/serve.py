@@ -29,10 +29,10 @@ class EngineSlot:
     def attach(self, engine) -> None:
         self.engine = engine
 
-    def submit(self, request):
+    def submit_all(self, requests):
         if self.engine is None:
             raise NotReadyError("loading")
-        return self.engine.submit(request)
+        return self.engine.submit_all(requests)
 
     def cancel(self, request_id: str) -> None:
         if self.engine is not None:

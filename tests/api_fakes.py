@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 
 import pytest
@@ -103,11 +103,11 @@ class FakeEngine:
         self.finished: list[str] = []
         self._lock = threading.Lock()
 
-    def submit(self, request: GenerationRequest) -> Iterator[Event]:
+    def submit_all(self, requests: Sequence[GenerationRequest]) -> list[Iterator[Event]]:
         if self.submit_error is not None:
             raise self.submit_error
-        self.requests.append(request)
-        return self._events(request)
+        self.requests.extend(requests)
+        return [self._events(request) for request in requests]
 
     def cancel(self, request_id: str) -> None:
         with self._lock:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
 from api_fakes import FakeEngine, settings, sse_events, tokenizer
@@ -39,13 +39,17 @@ class ChoiceEngine(FakeEngine):
         self.fail_delay = fail_delay  # the failing request's seconds before its error
         self.room = room
 
-    def submit(self, request: GenerationRequest) -> Iterator[Event]:
-        if self.room is not None and len(self.requests) >= self.room:
+    def submit_all(self, requests: Sequence[GenerationRequest]) -> list[Iterator[Event]]:
+        if self.room is not None and len(self.requests) + len(requests) > self.room:
             raise QueueFullError("the queue is full", retry_after_seconds=2)
-        events = super().submit(request)
-        if self.failing is not None and request.id.endswith(self.failing):
-            return self._failing()
-        return events
+        streams = super().submit_all(requests)
+        return [
+            self._failing() if self._fails(request) else events
+            for request, events in zip(requests, streams, strict=True)
+        ]
+
+    def _fails(self, request: GenerationRequest) -> bool:
+        return self.failing is not None and request.id.endswith(self.failing)
 
     def _failing(self) -> Iterator[Event]:
         time.sleep(self.fail_delay)
@@ -186,12 +190,12 @@ def test_a_failed_choice_leaves_no_reader_behind(tokenizer, stream):
     assert engine.finished == []  # the others were stopped, not run to their end
 
 
-def test_a_full_queue_midway_cancels_the_choices_already_submitted(tokenizer):
+def test_choices_that_do_not_all_fit_are_refused_together(tokenizer):
     engine = _engine(tokenizer, room=2, gate=threading.Event())
     response = _client(engine, tokenizer).post(CHAT, json={"messages": USER, "n": 3})
     assert response.status_code == 429
     assert response.headers["Retry-After"] == "2"
-    assert sorted(engine.cancelled) == sorted(r.id for r in engine.requests)
+    assert engine.requests == []  # none of its choices was queued, none to cancel
 
 
 @pytest.mark.parametrize(

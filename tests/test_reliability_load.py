@@ -84,15 +84,30 @@ def test_health_and_429_with_more_streams_than_the_engine_admits(server):
         assert int(headers["Retry-After"]) >= 1
 
 
+def test_a_reply_whose_choices_do_not_all_fit_is_refused_whole(server):
+    assert wait_until(lambda: open_requests(server) == 0, timeout=30)
+    room = 2
+    with ExitStack() as stack:
+        for _ in range(DEFAULT_OPEN_REQUESTS - room):
+            stack.enter_context(send_stream(server))
+        assert wait_until(lambda: open_requests(server) == DEFAULT_OPEN_REQUESTS - room, 30)
+        status, headers, body = post(server, {**long_body(), "n": room + 1}, timeout=5)
+        assert status == 429, body
+        assert "choices" in body["error"]["message"]
+        assert open_requests(server) == DEFAULT_OPEN_REQUESTS - room  # none of it was queued
+        with send_stream(server, n=room) as fitting:
+            assert wait_until(lambda: statuses([fitting]) == [200], timeout=10)
+
+
 def open_requests(cluster) -> int:
     """Requests the engine holds: decoding, being prefilled or queued."""
     requests = cluster.status()["requests"]
     return requests["running"] + requests["waiting"]
 
 
-def send_stream(cluster) -> socket.socket:
+def send_stream(cluster, **fields) -> socket.socket:
     """A streaming chat request sent on a socket of its own; nothing is read yet."""
-    payload = json.dumps({**long_body(), "stream": True}).encode()
+    payload = json.dumps({**long_body(), "stream": True, **fields}).encode()
     sock = socket.create_connection((cluster.host, cluster.port), timeout=10)
     sock.sendall(
         b"POST /v1/chat/completions HTTP/1.0\r\nContent-Type: application/json\r\n"

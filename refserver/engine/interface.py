@@ -6,7 +6,7 @@ so that wire-format tests run against a fake engine without a model.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -175,11 +175,12 @@ class Health:
 class Engine(Protocol):
     """The engine as the API uses it."""
 
-    def submit(self, request: GenerationRequest) -> Iterator[Event]:
-        """Queue a request; iterate its events until Finished or ErrorEvent.
+    def submit_all(self, requests: Sequence[GenerationRequest]) -> list[Iterator[Event]]:
+        """Queue every one of `requests` (a reply's choices), or none of them; iterate
+        each one's events until Finished or ErrorEvent.
 
-        Raises QueueFullError or NotReadyError at once when it cannot be queued.
-        Closing the iterator early cancels the request.
+        Raises QueueFullError, NotReadyError or CapacityError at once when they cannot
+        all be queued. Closing an iterator early cancels its request.
         """
         ...
 

@@ -11,6 +11,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator
+from collections.abc import Sequence as Seq
 from dataclasses import asdict
 
 import mlx.core as mx
@@ -27,7 +28,6 @@ from .interface import (
     GenerationRequest,
     Health,
     NotReadyError,
-    QueueFullError,
 )
 from .kv_budget import KV_STEP, LEAST_POSITIONS, KvLedger, RankKv, least_useful_budget
 from .liveness import (
@@ -40,6 +40,7 @@ from .liveness import (
     watch_peer,
 )
 from .mlx_memory import IdleRelease
+from .open_requests import OpenRequests
 from .rank_stats import RankReports
 from .sampling import Draw
 from .scheduler import Scheduler, Sequence
@@ -78,7 +79,7 @@ class PipelineEngine:
         )
         # As many items in flight as there are stages keeps every stage busy.
         self.depth = cluster.world_size
-        self.max_open = max_batch + max_queue
+        self.open = OpenRequests(max_batch + max_queue)
         self.peers = dict(cluster.channels)
         self.first_stage = cluster.world_size - 1
         self.inflight: deque = deque()
@@ -88,7 +89,6 @@ class PipelineEngine:
         self._ahead_inputs: dict[int, mx.array] = {}
         self._inbox: deque = deque()
         self._wake = threading.Condition()
-        self._streams: dict[str, Sequence] = {}
         self._lock = threading.Lock()
         self._failure: str | None = None
         self._loading = True
@@ -101,18 +101,17 @@ class PipelineEngine:
         self.reports = RankReports()  # each peer's latest heartbeat
 
     # -- the API side ------------------------------------------------------
-    def submit(self, request: GenerationRequest) -> Iterator[Event]:
+    def submit_all(self, requests: Seq[GenerationRequest]) -> list[Iterator[Event]]:
         health = self.health()
         if not health.ok:
             raise NotReadyError(health.reason)
-        self._check_capacity(request)
-        sequence = Sequence(request)
-        with self._lock:
-            if len(self._streams) >= self.max_open:
-                raise QueueFullError(f"{len(self._streams)} requests open; retry shortly")
-            self._streams[request.id] = sequence
-        self._post(("add", sequence))
-        return self._events(sequence)
+        for request in requests:
+            self._check_capacity(request)
+        sequences = [Sequence(request) for request in requests]
+        self.open.admit(sequences)
+        for sequence in sequences:
+            self._post(("add", sequence))
+        return [self._events(sequence) for sequence in sequences]
 
     def _events(self, sequence: Sequence) -> Iterator[Event]:
         finished = False
@@ -126,8 +125,7 @@ class PipelineEngine:
         finally:
             if not finished:
                 self.cancel(sequence.id)
-            with self._lock:
-                self._streams.pop(sequence.id, None)
+            self.open.close(sequence.id)
 
     def _check_capacity(self, request: GenerationRequest) -> None:
         ledger, prompt = self.scheduler.ledger, len(request.prompt_tokens)
@@ -189,7 +187,7 @@ class PipelineEngine:
             if self._failure or self._stopped.is_set():
                 return
             self._failure = reason
-            streams = list(self._streams.values())
+        streams = self.open.snapshot()
         log.error("cluster failure: %s; failing %d request(s) and exiting", reason, len(streams))
         for sequence in streams:
             sequence.events.put(ErrorEvent(f"the cluster failed: {reason}"))
@@ -296,7 +294,7 @@ class PipelineEngine:
             self.scheduler.flush()
             # Once no request is open: a finished sequence's arrays (its sampler's
             # history) are freed when its HTTP thread lets go of it, maybe just after.
-            if not self.scheduler.active and not self._streams:
+            if not self.scheduler.active and not len(self.open):
                 self.memory.idle()
             with self._wake:
                 if not self._inbox:

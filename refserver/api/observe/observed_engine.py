@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from flask import has_request_context, request
 
@@ -35,9 +35,11 @@ class ObservedEngine:
         self._engine = engine
         self._metrics = metrics
 
-    def submit(self, request: GenerationRequest) -> Iterator[Event]:
-        record = _Record(self._metrics, request, _route())
-        return record.observe(self._engine.submit(request))
+    def submit_all(self, requests: Sequence[GenerationRequest]) -> list[Iterator[Event]]:
+        route = _route()
+        records = [_Record(self._metrics, request, route) for request in requests]
+        streams = self._engine.submit_all(requests)
+        return [record.observe(events) for record, events in zip(records, streams, strict=True)]
 
     def cancel(self, request_id: str) -> None:
         self._engine.cancel(request_id)

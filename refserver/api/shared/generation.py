@@ -24,7 +24,6 @@ from refserver.engine.interface import (
     ErrorEvent,
     Event,
     Finished,
-    GenerationRequest,
     PrefillProgress,
     PromptLogprobs,
     TokenEvent,
@@ -119,19 +118,20 @@ class GenerationFailed(Exception):
 class EventPump:
     """Read an engine event stream in a thread, so that the reader can wait with a timeout.
 
-    ``submit`` runs in the caller's thread, so QueueFullError and NotReadyError surface
-    before any response is sent. ``close`` cancels the request unless it has finished.
+    `events` is what the engine's ``submit_all`` returned for the request: submitting
+    runs in the caller's thread, so QueueFullError and NotReadyError surface before any
+    response is sent. ``close`` cancels the request unless it has finished.
     """
 
-    def __init__(self, engine: Engine, request: GenerationRequest):
+    def __init__(self, engine: Engine, request_id: str, events: Iterator[Event]):
         self._engine = engine
-        self._request_id = request.id
-        self._events = engine.submit(request)
+        self._request_id = request_id
+        self._events = events
         self._queue: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self._closed = threading.Event()
         self._cancelled = False
         self._finished = False
-        self._thread = threading.Thread(target=self._run, name=f"events-{request.id}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"events-{request_id}", daemon=True)
         self._thread.start()
 
     @property

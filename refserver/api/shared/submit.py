@@ -59,7 +59,8 @@ class Submitter:
         keep_end_token: see generate().
         """
         job = self._job(body, prompt, prompt_param, top_logprobs, prompt_logprobs)
-        return self._launch(job, body, prompt, prompt_param, keep_end_token)
+        [pump] = self._submit([job], prompt_param)
+        return self._pieces(pump, body, prompt, keep_end_token), pump
 
     def start_choices(
         self,
@@ -70,12 +71,12 @@ class Submitter:
         prompt_logprobs: int | None = None,
         keep_end_token: bool = False,
     ) -> list[tuple[Pieces, EventPump]]:
-        """start() for each of `prompts`, `body.n` times each, in that order. The 400s
-        of the request's own fields come before anything is submitted; a refusal at
-        submission (429, 503, or a prompt the KV budget can never hold) cancels the
-        choices already submitted. Choice k's request id is the request's with "-k"
-        (when there are several), and a seed is the request's plus the choice's number
-        among its prompt's (so that `n` seeded samples differ, and reproduce)."""
+        """start() for each of `prompts`, `body.n` times each, in that order, all
+        submitted at once: the 400s of the request's own fields, and a refusal at
+        submission (429, 503, or a prompt the KV budget can never hold), leave none of
+        its choices submitted. Choice k's request id is the request's with "-k" (when
+        there are several), and a seed is the request's plus the choice's number among
+        its prompt's (so that `n` seeded samples differ, and reproduce)."""
         per_prompt = body.choices_per_prompt
         self._check_room(len(prompts), per_prompt)
         jobs = [
@@ -83,17 +84,16 @@ class Submitter:
             for prompt in prompts
         ]
         several = len(prompts) * per_prompt > 1
-        runs: list[tuple[Pieces, EventPump]] = []
-        try:
-            for prompt, job in zip(prompts, jobs, strict=True):
-                for sample in range(per_prompt):
-                    choice = _choice_job(job, len(runs), sample) if several else job
-                    runs.append(self._launch(choice, body, prompt, prompt_param, keep_end_token))
-        except BaseException:
-            for _, pump in runs:
-                pump.close()
-            raise
-        return runs
+        choices: list[tuple[GenerationRequest, Prompt]] = []
+        for prompt, job in zip(prompts, jobs, strict=True):
+            for sample in range(per_prompt):
+                choice = _choice_job(job, len(choices), sample) if several else job
+                choices.append((choice, prompt))
+        pumps = self._submit([choice for choice, _ in choices], prompt_param)
+        return [
+            (self._pieces(pump, body, prompt, keep_end_token), pump)
+            for pump, (_, prompt) in zip(pumps, choices, strict=True)
+        ]
 
     def _check_room(self, prompts: int, per_prompt: int) -> None:
         """400 when a reply asks for more choices than one request may, or than the
@@ -128,17 +128,10 @@ class Submitter:
             g.request_id, body, prompt, prompt_param, settings, vocab, top_logprobs, prompt_logprobs
         )
 
-    def _launch(
-        self,
-        job: GenerationRequest,
-        body: SamplingFields,
-        prompt: Prompt,
-        prompt_param: str,
-        keep_end_token: bool,
-    ) -> tuple[Pieces, EventPump]:
-        settings, vocab = self.settings, self.vocab
+    def _submit(self, jobs: list[GenerationRequest], prompt_param: str) -> list[EventPump]:
+        """Submit all of `jobs` or none; the engine's refusal as an ApiError."""
         try:
-            pump = EventPump(self.engine, job)
+            streams = self.engine.submit_all(jobs)
         except QueueFullError as exc:
             message = str(exc) or "the server is busy; retry later"
             retry = {"Retry-After": str(max(1, exc.retry_after_seconds))}
@@ -156,6 +149,23 @@ class Submitter:
                     exc.prompt_tokens, exc.max_tokens, exc.limit_tokens, exc.longest_prompt
                 ),
             ) from None
+        pumps: list[EventPump] = []
+        try:
+            for job, events in zip(jobs, streams, strict=True):
+                pumps.append(EventPump(self.engine, job.id, events))
+        except BaseException:  # no thread to read the rest: stop every choice
+            for pump in pumps:
+                pump.close()
+            for job in jobs[len(pumps) :]:
+                self.engine.cancel(job.id)
+            raise
+        return pumps
+
+    def _pieces(
+        self, pump: EventPump, body: SamplingFields, prompt: Prompt, keep_end_token: bool
+    ) -> Pieces:
+        """The pieces of one submitted choice, read from its pump."""
+        settings, vocab = self.settings, self.vocab
         text = TextStream(vocab.decode, vocab.eos_token_ids, body.stop_strings)
         # waitress (with channel_request_lookahead) tells whether the client hung up.
         client_gone = request.environ.get("waitress.client_disconnected", lambda: False)
@@ -168,10 +178,9 @@ class Submitter:
             inside=close_id is not None and prompt_opens_reasoning(prompt.text or ""),
         )
         keepalive = settings.keepalive_seconds
-        pieces = generate(
+        return generate(
             pump, text, prompt_tokens, keepalive, client_gone, reasoning, keep_end_token
         )
-        return pieces, pump
 
     @staticmethod
     def reply(build: Callable[[], dict[str, Any]]) -> Response:
