@@ -121,14 +121,14 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
 
 
 def pytest_terminal_summary(terminalreporter, config):
-    """Every ratio as a table, one column per target (the README's table comes from it)."""
+    """Every ratio (and figure shown beside them) as a table, one column per target
+    (the README's table comes from it)."""
     summary = config.stash.get(SUMMARY, [])
     columns = list(dict.fromkeys(column for _, column, _ in summary))
     table: dict[str, dict[str, float]] = {}
     for row, column, figures in summary:
         for name, value in figures.items():
-            if name.endswith("ratio"):
-                table.setdefault(f"{row} {name}", {})[column] = value
+            table.setdefault(f"{row} {name}", {})[column] = value
     if not table:
         return
     write = terminalreporter.write_line

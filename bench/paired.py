@@ -20,7 +20,7 @@ class Paired:
     def __init__(self, benchmark, rounds: int, summary: list, row: str, column: str):
         self.benchmark = benchmark
         self.rounds = rounds
-        self.summary = summary  # (row, column, figures) for the closing table
+        self.summary = summary  # (row, column, figures to show) for the closing table
         self.row = row
         self.column = column
 
@@ -29,9 +29,12 @@ class Paired:
         measure: Callable[[], Figures],
         baseline: Callable[[], Figures] | None = None,
         ratios: dict[str, tuple[str, str]] | None = None,
+        shown: tuple[str, ...] = (),
     ) -> Figures:
         """Measure `rounds` times; `ratios` maps a name ending in `ratio` to (numerator,
-        denominator) figures. A baseline's figures are named with a `baseline_` prefix."""
+        denominator) figures. A baseline's figures are named with a `baseline_` prefix.
+        The closing table shows every ratio, and the figures named in `shown` (medians
+        worth comparing across targets as they are, such as a time in seconds)."""
         rounds: list[Figures] = []
         pending: Figures = {}
 
@@ -47,7 +50,8 @@ class Paired:
         figures = _medians(rounds, ratios or {})
         self.benchmark.extra_info.update(figures)
         self.benchmark.extra_info["rounds"] = rounds
-        self.summary.append((self.row, self.column, figures))
+        table = {k: v for k, v in figures.items() if k.endswith("ratio") or k in shown}
+        self.summary.append((self.row, self.column, table))
         return figures
 
 

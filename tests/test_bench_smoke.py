@@ -60,6 +60,9 @@ def test_every_benchmark_runs_once_and_reports_its_ratios(tmp_path):
     for name, values in ratios.items():
         assert set(values) == RATIOS[name.split("[")[0]], name
         assert all(math.isfinite(v) and v >= 0 for v in values.values()), (name, values)
+    table = run.stdout[run.stdout.index("ratios, ") :]
+    for row in ("test_next_turn next_turn_ttft_ratio", "test_next_turn next_ttft_s"):
+        assert f"| {row} | " in table  # seconds too: compared across targets as they are
 
 
 def _ratios(extra_info: dict) -> dict[str, float]:
