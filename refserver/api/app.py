@@ -24,6 +24,7 @@ from refserver.api.observe.metrics import ServerMetrics
 from refserver.api.observe.observed_engine import ObservedEngine
 from refserver.api.observe.status import STATIC_FOLDER, StatusRoutes, engine_status
 from refserver.api.openai.routes import OpenAIRoutes
+from refserver.api.responses.routes import ResponsesRoutes
 from refserver.api.settings import ApiSettings
 from refserver.api.shared.agent_message import agent_builder
 from refserver.api.shared.message import MessageBuilderFactory
@@ -74,6 +75,7 @@ def create_app(
     submitter = Submitter(ObservedEngine(engine, metrics), vocab, settings)
     OpenAIRoutes(submitter, message_builder).register(app)
     AnthropicRoutes(submitter, message_builder).register(app)
+    ResponsesRoutes(submitter, message_builder).register(app)
     return app
 
 

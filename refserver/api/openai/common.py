@@ -6,6 +6,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from refserver.api.errors import ApiError
+from refserver.api.settings import ApiSettings
 from refserver.api.shared.generation import Outcome
 
 
@@ -36,3 +38,10 @@ def usage(outcome: Outcome) -> dict[str, Any]:
 def usage_chunk(meta: ResponseMeta, obj: str, outcome: Outcome) -> dict[str, Any]:
     """The last chunk of a stream with include_usage: no choices, only usage."""
     return {**meta.header(obj), "choices": [], "usage": usage(outcome)}
+
+
+def check_model(settings: ApiSettings, model: str | None) -> None:
+    """A 404 for a model this server does not serve (None: the client named none)."""
+    if model is not None and model not in settings.served_names:
+        message = f"model {model[:200]!r} is not served here; use {settings.model_name!r}"
+        raise ApiError(404, message, param="model", code="model_not_found")

@@ -7,10 +7,9 @@ from collections.abc import Iterator
 
 from flask import Flask, Response, g, jsonify
 
-from refserver.api.errors import ApiError
 from refserver.api.openai.chat import CHUNK, chat_choice, chat_chunks
 from refserver.api.openai.choices import Choices, Chunk
-from refserver.api.openai.common import ResponseMeta
+from refserver.api.openai.common import ResponseMeta, check_model
 from refserver.api.openai.completions import OBJECT, Echo, completion_choice, completion_chunks
 from refserver.api.openai.requests import ChatCompletionRequest, CompletionRequest
 from refserver.api.shared.agent_message import agent_builder
@@ -47,7 +46,7 @@ class OpenAIRoutes:
 
     def model(self, model_id: str) -> Response:
         """The served model under any name a request may use (the SDK's models.retrieve)."""
-        self._check_model(model_id)
+        check_model(self._settings, model_id)
         return jsonify(self._model_object())
 
     def _model_object(self) -> dict:
@@ -56,7 +55,7 @@ class OpenAIRoutes:
 
     def chat(self) -> Response:
         body = parse_request(ChatCompletionRequest, self._submitter.read_body())
-        self._check_model(body.model)
+        check_model(self._settings, body.model)
         messages = [message.to_template() for message in body.messages]
         tools = [tool.to_template() for tool in body.tools or []]
         tool_choice = body.tool_choice
@@ -87,7 +86,7 @@ class OpenAIRoutes:
 
     def completions(self) -> Response:
         body = parse_request(CompletionRequest, self._submitter.read_body())
-        self._check_model(body.model)
+        check_model(self._settings, body.model)
         body.check_something_to_answer()
         vocab = self._vocab
         prompts = [vocab.completion_prompt(prompt) for prompt in body.prompts]
@@ -123,11 +122,6 @@ class OpenAIRoutes:
         if isinstance(given, str):
             return Echo(given, prompt.token_ids, as_sent=True)
         return Echo(self._vocab.decode(prompt.token_ids), prompt.token_ids)
-
-    def _check_model(self, model: str | None) -> None:
-        if model is not None and model not in self._settings.served_names:
-            message = f"model {model[:200]!r} is not served here; use {self._settings.model_name!r}"
-            raise ApiError(404, message, param="model", code="model_not_found")
 
     @staticmethod
     def _stream(chunks: Iterator[Chunk], choices: Choices) -> Response:

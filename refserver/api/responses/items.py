@@ -1,0 +1,212 @@
+"""The Responses reply: output items built from output events, the stream events that
+build them, the response object, its status and usage.
+
+Reasoning becomes a "reasoning" item (its text as reasoning_text content: nothing here
+summarises or encrypts it), content a "message" item with one output_text part, each
+tool call a "function_call" item. Items follow the order in which the model wrote them.
+Stream events carry no sequence_number here: the stream's encoder numbers them.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Iterator
+from contextlib import closing
+from dataclasses import dataclass, field
+from typing import Any
+
+from refserver.api.shared.generation import KeepAlive, Outcome, Pieces, TextPiece
+from refserver.api.shared.message import MessageBuilder
+from refserver.tools import OutputEvent, ReasoningDelta, ToolCallEvent
+
+Event = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ResponseMeta:
+    """What every response object of one request repeats: its id, model, creation time
+    and the request's settings (instructions, tools, tool_choice, ...)."""
+
+    id: str
+    model: str
+    settings: dict[str, Any]
+    created_at: int = field(default_factory=lambda: int(time.time()))
+
+    def response(
+        self, status: str, output: list[dict[str, Any]], outcome: Outcome | None = None
+    ) -> dict[str, Any]:
+        incomplete = status == "incomplete"
+        return {
+            "id": self.id,
+            "object": "response",
+            "created_at": self.created_at,
+            "status": status,
+            "error": None,
+            "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
+            "model": self.model,
+            "output": output,
+            **self.settings,
+            "store": False,
+            "usage": None if outcome is None else usage(outcome),
+        }
+
+
+def usage(outcome: Outcome) -> dict[str, Any]:
+    return {
+        "input_tokens": outcome.prompt_tokens,
+        "input_tokens_details": {"cached_tokens": outcome.cached_tokens},
+        "output_tokens": outcome.completion_tokens,
+        "output_tokens_details": {"reasoning_tokens": outcome.reasoning_tokens},
+        "total_tokens": outcome.prompt_tokens + outcome.completion_tokens,
+    }
+
+
+def status_of(finish_reason: str) -> str:
+    """A reply cut off by max_output_tokens is "incomplete"; any other is "completed"."""
+    return "incomplete" if finish_reason == "length" else "completed"
+
+
+class OutputItems:
+    """Events in; ``items`` out, and from ``add`` the stream events that build them."""
+
+    def __init__(self, request_id: str):
+        self.items: list[dict[str, Any]] = []
+        self._request_id = request_id
+        self._open: str | None = None  # "message" or "reasoning" while such an item is open
+
+    def add(self, event: OutputEvent) -> list[Event]:
+        if isinstance(event, ToolCallEvent):
+            return self.close() + self._function_call(event)
+        kind = "reasoning" if isinstance(event, ReasoningDelta) else "message"
+        events = []
+        if self._open != kind:
+            events = self.close()
+            events += self._open_item(kind)
+        index = len(self.items) - 1
+        item = self.items[index]
+        item["content"][0]["text"] += event.text
+        name = "reasoning_text" if kind == "reasoning" else "output_text"
+        delta = _at(item, index, type=f"response.{name}.delta", content_index=0)
+        delta["delta"] = event.text
+        if kind == "message":
+            delta["logprobs"] = []
+        return [*events, delta]
+
+    def close(self, status: str = "completed") -> list[Event]:
+        """Close the open message or reasoning item, if any, with `status`."""
+        if self._open is None:
+            return []
+        kind, self._open = self._open, None
+        index = len(self.items) - 1
+        item = self.items[index]
+        item["status"] = status
+        part = item["content"][0]
+        name = "reasoning_text" if kind == "reasoning" else "output_text"
+        done = _at(item, index, type=f"response.{name}.done", content_index=0)
+        done["text"] = part["text"]
+        if kind == "message":
+            done["logprobs"] = []
+        return [
+            done,
+            _at(item, index, type="response.content_part.done", content_index=0, part=part),
+            _item_event("response.output_item.done", index, item),
+        ]
+
+    def _open_item(self, kind: str) -> list[Event]:
+        self._open = kind
+        index = len(self.items)
+        if kind == "reasoning":
+            item = {"id": self._item_id("rs", index), "type": "reasoning", "summary": []}
+            part = {"type": "reasoning_text", "text": ""}
+        else:
+            item = {"id": self._item_id("msg", index), "type": "message", "role": "assistant"}
+            part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+        item |= {"status": "in_progress", "content": []}
+        added = _item_event("response.output_item.added", index, item)
+        item["content"] = [part]
+        self.items.append(item)
+        part_added = _at(item, index, type="response.content_part.added", content_index=0)
+        return [added, {**part_added, "part": dict(part)}]
+
+    def _function_call(self, event: ToolCallEvent) -> list[Event]:
+        call = event.call
+        index = len(self.items)
+        item = {"id": self._item_id("fc", index), "type": "function_call", "call_id": call.id}
+        item |= {"name": call.name, "arguments": "", "status": "in_progress"}
+        added = _item_event("response.output_item.added", index, item)
+        item |= {"arguments": call.arguments, "status": "completed"}
+        self.items.append(item)
+        delta = _at(item, index, type="response.function_call_arguments.delta")
+        done = _at(item, index, type="response.function_call_arguments.done", name=call.name)
+        return [
+            added,
+            {**delta, "delta": call.arguments},
+            {**done, "arguments": call.arguments},
+            _item_event("response.output_item.done", index, item),
+        ]
+
+    def _item_id(self, prefix: str, index: int) -> str:
+        return f"{prefix}_{self._request_id}_{index}"
+
+
+def _at(item: dict[str, Any], index: int, **fields: Any) -> Event:
+    """An event about `item`, the output's `index`th: its type first, then where it is."""
+    kind = fields.pop("type")
+    return {"type": kind, "item_id": item["id"], "output_index": index, **fields}
+
+
+def _item_event(kind: str, index: int, item: dict[str, Any]) -> Event:
+    return {"type": kind, "output_index": index, "item": copy.deepcopy(item)}
+
+
+def response_reply(meta: ResponseMeta, pieces: Pieces, builder: MessageBuilder) -> dict[str, Any]:
+    """The whole response of a non-streamed request."""
+    output = OutputItems(meta.id.removeprefix("resp_"))
+    outcome: Outcome | None = None
+    with closing(pieces):
+        for piece in pieces:
+            if isinstance(piece, TextPiece):
+                for event in builder.feed(piece.text):
+                    output.add(event)
+            elif isinstance(piece, Outcome):
+                outcome = piece
+    assert outcome is not None, "generate() ends with an Outcome or raises"
+    for event in builder.finish():
+        output.add(event)
+    status = status_of(builder.finish_reason(outcome.finish_reason))
+    output.close(status)
+    return meta.response(status, output.items, outcome)
+
+
+def response_events(
+    meta: ResponseMeta, pieces: Pieces, builder: MessageBuilder
+) -> Iterator[Event | KeepAlive]:
+    """The events of a stream: response.created and .in_progress, the items, then
+    response.completed (or response.incomplete when max_output_tokens cut it off).
+    While nothing else comes (a queued request, a long prefill), response.in_progress
+    again at every keep-alive."""
+    output = OutputItems(meta.id.removeprefix("resp_"))
+    yield {"type": "response.created", "response": meta.response("in_progress", [])}
+    yield {"type": "response.in_progress", "response": meta.response("in_progress", [])}
+    with closing(pieces):
+        for piece in pieces:
+            if isinstance(piece, KeepAlive):
+                # The Responses API has no ping, and a comment is no event to a client
+                # that gives up on a stream after minutes without one (Codex: 300 s),
+                # as a long prompt's prefill on a cluster can take.
+                items = copy.deepcopy(output.items)
+                yield {
+                    "type": "response.in_progress",
+                    "response": meta.response("in_progress", items),
+                }
+            elif isinstance(piece, TextPiece):
+                for event in builder.feed(piece.text):
+                    yield from output.add(event)
+            elif isinstance(piece, Outcome):
+                for event in builder.finish():
+                    yield from output.add(event)
+                status = status_of(builder.finish_reason(piece.finish_reason))
+                yield from output.close(status)
+                final = meta.response(status, output.items, piece)
+                yield {"type": f"response.{status}", "response": final}

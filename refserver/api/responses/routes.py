@@ -1,0 +1,90 @@
+"""The handler of POST /v1/responses (OpenAI's Responses API, as Codex and the newer
+SDKs speak it): the request becomes a chat, its output becomes items."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from flask import Flask, Response, g
+
+from refserver.api.openai.common import check_model
+from refserver.api.responses.items import ResponseMeta, response_events, response_reply
+from refserver.api.responses.schemas import ResponsesRequest
+from refserver.api.shared.chat_prompt import render_chat
+from refserver.api.shared.message import MessageBuilderFactory
+from refserver.api.shared.sse import KEEPALIVE, SseFormat, event_stream, named_event, sse_response
+from refserver.api.shared.submit import Submitter
+from refserver.api.validation import parse_request
+
+
+class ResponsesRoutes:
+    """Handler of /v1/responses (and /responses, as the OpenAI routes are served)."""
+
+    def __init__(self, submitter: Submitter, message_builder: MessageBuilderFactory):
+        self._submitter = submitter
+        self._message_builder = message_builder
+
+    def register(self, app: Flask) -> None:
+        for prefix in ("/v1", ""):
+            app.post(f"{prefix}/responses", endpoint=f"responses{prefix}")(self.responses)
+
+    def responses(self) -> Response:
+        body = parse_request(ResponsesRequest, self._submitter.read_body())
+        check_model(self._submitter.settings, body.model)
+        prompt, plan = render_chat(
+            self._submitter.vocab,
+            body.template_messages(),
+            body.template_tools(),
+            body.chat_tool_choice(),
+            body.parallel_tool_calls is not False,
+            body.template_kwargs(),
+        )
+        builder = self._message_builder(plan, prompt)
+        pieces, pump = self._submitter.start(body.sampling(), prompt, "input")
+        model = self._submitter.settings.model_name
+        meta = ResponseMeta(f"resp_{g.request_id}", model, request_settings(body))
+        if body.stream:
+            events = response_events(meta, pieces, builder)
+            stream = event_stream(events, g.request_id, numbered_sse())
+            return sse_response(stream, on_close=pump.close)
+        return self._submitter.reply(lambda: response_reply(meta, pieces, builder))
+
+
+def numbered_sse() -> SseFormat:
+    """The Responses stream's encoding, for one stream: named events, each numbered in
+    order (sequence_number), an error event numbered like the rest, and no end marker."""
+    numbers = itertools.count()
+
+    def encode(event: dict[str, Any]) -> bytes:
+        return named_event(event["type"], {**event, "sequence_number": next(numbers)})
+
+    def error(status: int, message: str, code: str) -> bytes:
+        return encode({"type": "error", "code": code, "message": message, "param": None})
+
+    return SseFormat(encode=encode, keepalive=KEEPALIVE, error=error, done=b"")
+
+
+def request_settings(body: ResponsesRequest) -> dict[str, Any]:
+    """The request's settings, as every response object repeats them."""
+    tool_choice = body.tool_choice or "auto"
+    if not isinstance(tool_choice, str):
+        tool_choice = tool_choice.model_dump()
+    return {
+        "instructions": body.instructions,
+        "max_output_tokens": body.max_output_tokens,
+        "parallel_tool_calls": body.parallel_tool_calls is not False,
+        "previous_response_id": None,
+        "reasoning": {"effort": None, "summary": None} | _dumped(body.reasoning),
+        "temperature": body.temperature,
+        "text": {"format": body.text_format.model_dump(exclude_none=True, by_alias=True)},
+        "tool_choice": tool_choice,
+        "tools": [tool.model_dump(exclude_none=True) for tool in body.tools or []],
+        "top_p": body.top_p,
+        "truncation": "disabled",
+        "metadata": body.metadata or {},
+    }
+
+
+def _dumped(model: Any) -> dict[str, Any]:
+    return {} if model is None else model.model_dump()
