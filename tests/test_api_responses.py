@@ -15,6 +15,9 @@ from agent_fakes import prompt_of, scripted, tiny_tokenizer, tool_block
 from api_fakes import FakeEngine, settings
 
 from refserver.api import create_app
+from refserver.api.errors import ApiError
+from refserver.api.responses.schemas import ResponsesRequest
+from refserver.api.responses.store import ResponseStore
 from refserver.api.server import make_server, shutdown
 from refserver.engine.interface import QueueFullError
 
@@ -55,7 +58,7 @@ def test_reasoning_message_and_function_call_items(tiny_tokenizer):
     body = _post(client, tools=TOOLS).get_json()
     assert body["id"].startswith("resp_") and body["object"] == "response"
     assert (body["status"], body["incomplete_details"], body["error"]) == ("completed", None, None)
-    assert body["model"] == "tiny-test-model" and body["store"] is False
+    assert body["model"] == "tiny-test-model" and body["store"] is True
     reasoning, message, call = body["output"]
     assert reasoning["type"] == "reasoning" and reasoning["id"].startswith("rs_")
     assert reasoning["content"] == [{"type": "reasoning_text", "text": "Let me look."}]
@@ -224,10 +227,10 @@ def test_reasoning_effort_none_turns_thinking_off(tiny_tokenizer):
 
 # (fields, status, param, words in the message)
 REFUSED = [
-    ({"previous_response_id": "resp_1"}, 400, None, "keeps no responses"),
-    ({"conversation": "conv_1"}, 400, None, "keeps no responses"),
-    ({"background": True}, 400, None, "background"),
-    ({"input": [{"type": "item_reference", "id": "msg_1"}]}, 400, "input[0]", "referenced"),
+    ({"previous_response_id": "resp_1"}, 400, "previous_response_id", "send the whole"),
+    ({"conversation": "conv_1"}, 400, "conversation", "no conversation objects"),
+    ({"background": True}, 400, "background", "background"),
+    ({"input": [{"type": "item_reference", "id": "msg_1"}]}, 400, "input[0]", "no item"),
     ({"input": [{"type": "web_search_call", "id": "ws_1"}]}, 400, "input[0]", "web_search_call"),
     ({"input": [{"content": "no role"}]}, 400, "input[0]", "type"),
     ({"tools": [{"type": "web_search"}]}, 400, "tools[0]", "only function tools"),
@@ -257,6 +260,93 @@ def test_a_full_queue_is_429(tiny_tokenizer):
     assert response.status_code == 429 and response.headers["Retry-After"]
 
 
+def test_a_response_continues_a_stored_one(tiny_tokenizer):
+    client, engine = scripted(tiny_tokenizer, OUTPUT)
+    first = _post(client, tools=TOOLS, instructions="Old rules.").get_json()
+    call = first["output"][2]
+    result = {"type": "function_call_output", "call_id": call["call_id"], "output": "milk"}
+    follow_up = {"previous_response_id": first["id"], "input": [result], "tools": TOOLS}
+    second = _post(client, **follow_up).get_json()
+    assert second["previous_response_id"] == first["id"]
+    prompt = prompt_of(engine, tiny_tokenizer)
+    expected = [
+        "]~b]user\nRead the notes.",
+        "]~b]ai\n<think>\nLet me look.\n</think>\n\nReading it now.",
+        '<invoke name="read_file">',
+        "]~b]tool\n<response>milk</response>",
+    ]
+    where = [prompt.find(part) for part in expected]
+    assert all(at >= 0 for at in where) and where == sorted(where), prompt
+    assert "Old rules." not in prompt  # instructions do not carry over, as at OpenAI
+    third = _post(client, previous_response_id=second["id"], input="And then?").get_json()
+    assert third["status"] == "completed"
+    assert prompt_of(engine, tiny_tokenizer).count("]~b]tool\n<response>milk</response>") == 1
+
+
+def test_items_of_stored_responses_can_be_referenced(tiny_tokenizer):
+    client, engine = scripted(tiny_tokenizer, "Thinking it over.</think>The answer.")
+    first = _post(client).get_json()
+    reasoning, message = first["output"]
+    items = [
+        {"role": "user", "content": "Read the notes."},
+        {"type": "item_reference", "id": reasoning["id"]},
+        {"type": "item_reference", "id": message["id"]},
+        {"role": "user", "content": "Again."},
+    ]
+    assert _post(client, input=items).status_code == 200
+    prompt = prompt_of(engine, tiny_tokenizer)
+    assert "]~b]ai\nThe answer.[e~[\n]~b]user\nAgain." in prompt, prompt
+
+
+def test_stored_responses_are_read_and_deleted_by_id(tiny_tokenizer):
+    client, _ = scripted(tiny_tokenizer, OUTPUT)
+    streamed = _events(_post(client, tools=TOOLS, stream=True))[-1]["response"]
+    kept = _post(client, tools=TOOLS).get_json()
+    for response in (streamed, kept):
+        assert client.get(f"{RESPONSES}/{response['id']}").get_json() == response
+    deleted = client.delete(f"{RESPONSES}/{kept['id']}")
+    assert deleted.get_json() == {"id": kept["id"], "object": "response", "deleted": True}
+    missing = client.get(f"{RESPONSES}/{kept['id']}")
+    assert missing.status_code == 404 and missing.get_json()["error"]["code"] == "not_found"
+    assert client.delete(f"{RESPONSES}/{kept['id']}").status_code == 404
+
+
+def test_store_false_keeps_nothing(tiny_tokenizer):
+    client, _ = scripted(tiny_tokenizer, OUTPUT)
+    body = _post(client, store=False).get_json()
+    assert body["store"] is False
+    assert client.get(f"{RESPONSES}/{body['id']}").status_code == 404
+    again = _post(client, previous_response_id=body["id"])
+    assert again.status_code == 400
+    assert again.get_json()["error"]["param"] == "previous_response_id"
+
+
+def _response(number: int, text: str) -> dict:
+    item = {"id": f"msg_{number}", "type": "message", "role": "assistant", "status": "completed"}
+    item["content"] = [{"type": "output_text", "text": text, "annotations": []}]
+    return {"id": f"resp_{number}", "object": "response", "output": [item]}
+
+
+def test_the_store_lets_the_least_recently_used_go_first():
+    room = 2.5 * len(json.dumps(_response(0, "x" * 100)))
+    store = ResponseStore(max_chars=int(room))
+    for number in range(2):
+        store.save([], _response(number, "x" * 100))
+    store.response("resp_0")  # read: now the most recently used
+    store.save([], _response(2, "x" * 100))
+    assert store.response("resp_0") and store.response("resp_2")
+    with pytest.raises(ApiError) as gone:
+        store.response("resp_1")
+    assert gone.value.status == 404
+    refers = ResponsesRequest(input=[{"type": "item_reference", "id": "msg_1"}])
+    with pytest.raises(ApiError, match="no item with id 'msg_1'"):
+        store.conversation(refers)
+    (item,) = store.conversation(
+        ResponsesRequest(input=[{"type": "item_reference", "id": "msg_2"}])
+    )
+    assert item.content[0].text == "x" * 100
+
+
 @pytest.fixture
 def sdk(tiny_tokenizer):
     """The openai SDK talking to a real server that answers with OUTPUT."""
@@ -280,6 +370,12 @@ def test_the_sdk_reads_a_response(sdk):
     follow_up.append({"type": "function_call_output", "call_id": call.call_id, "output": "ok"})
     again = sdk.responses.create(model="tiny-test-model", input=follow_up, tools=TOOLS)
     assert again.status == "completed"
+    result = {"type": "function_call_output", "call_id": call.call_id, "output": "ok"}
+    chained = sdk.responses.create(
+        model="tiny-test-model", previous_response_id=response.id, input=[result], tools=TOOLS
+    )
+    assert chained.previous_response_id == response.id
+    assert sdk.responses.retrieve(chained.id).output_text == chained.output_text
 
 
 def test_the_sdk_streams_a_response(sdk):

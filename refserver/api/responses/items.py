@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +21,7 @@ from refserver.api.shared.message import MessageBuilder
 from refserver.tools import OutputEvent, ReasoningDelta, ToolCallEvent
 
 Event = dict[str, Any]
+Keep = Callable[[dict[str, Any]], None]  # what to do with a finished response (store it)
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,6 @@ class ResponseMeta:
             "model": self.model,
             "output": output,
             **self.settings,
-            "store": False,
             "usage": None if outcome is None else usage(outcome),
         }
 
@@ -160,8 +160,10 @@ def _item_event(kind: str, index: int, item: dict[str, Any]) -> Event:
     return {"type": kind, "output_index": index, "item": copy.deepcopy(item)}
 
 
-def response_reply(meta: ResponseMeta, pieces: Pieces, builder: MessageBuilder) -> dict[str, Any]:
-    """The whole response of a non-streamed request."""
+def response_reply(
+    meta: ResponseMeta, pieces: Pieces, builder: MessageBuilder, keep: Keep
+) -> dict[str, Any]:
+    """The whole response of a non-streamed request (handed to `keep` too)."""
     output = OutputItems(meta.id.removeprefix("resp_"))
     outcome: Outcome | None = None
     with closing(pieces):
@@ -176,16 +178,18 @@ def response_reply(meta: ResponseMeta, pieces: Pieces, builder: MessageBuilder) 
         output.add(event)
     status = status_of(builder.finish_reason(outcome.finish_reason))
     output.close(status)
-    return meta.response(status, output.items, outcome)
+    response = meta.response(status, output.items, outcome)
+    keep(response)
+    return response
 
 
 def response_events(
-    meta: ResponseMeta, pieces: Pieces, builder: MessageBuilder
+    meta: ResponseMeta, pieces: Pieces, builder: MessageBuilder, keep: Keep
 ) -> Iterator[Event | KeepAlive]:
     """The events of a stream: response.created and .in_progress, the items, then
     response.completed (or response.incomplete when max_output_tokens cut it off).
     While nothing else comes (a queued request, a long prefill), response.in_progress
-    again at every keep-alive."""
+    again at every keep-alive. The final response is handed to `keep` too."""
     output = OutputItems(meta.id.removeprefix("resp_"))
     yield {"type": "response.created", "response": meta.response("in_progress", [])}
     yield {"type": "response.in_progress", "response": meta.response("in_progress", [])}
@@ -209,4 +213,5 @@ def response_events(
                 status = status_of(builder.finish_reason(piece.finish_reason))
                 yield from output.close(status)
                 final = meta.response(status, output.items, piece)
+                keep(final)
                 yield {"type": f"response.{status}", "response": final}

@@ -1,16 +1,18 @@
-"""The handler of POST /v1/responses (OpenAI's Responses API, as Codex and the newer
-SDKs speak it): the request becomes a chat, its output becomes items."""
+"""The handlers of /v1/responses (OpenAI's Responses API, as Codex and the newer SDKs
+speak it): a request becomes a chat, its output becomes items, and the response is
+kept for later requests (unless "store": false) and for GET and DELETE by id."""
 
 from __future__ import annotations
 
 import itertools
 from typing import Any
 
-from flask import Flask, Response, g
+from flask import Flask, Response, g, jsonify
 
 from refserver.api.openai.common import check_model
 from refserver.api.responses.items import ResponseMeta, response_events, response_reply
 from refserver.api.responses.schemas import ResponsesRequest
+from refserver.api.responses.store import ResponseStore
 from refserver.api.shared.chat_prompt import render_chat
 from refserver.api.shared.message import MessageBuilderFactory
 from refserver.api.shared.sse import KEEPALIVE, SseFormat, event_stream, named_event, sse_response
@@ -19,22 +21,39 @@ from refserver.api.validation import parse_request
 
 
 class ResponsesRoutes:
-    """Handler of /v1/responses (and /responses, as the OpenAI routes are served)."""
+    """Handlers of /v1/responses (and /responses, as the OpenAI routes are served)."""
 
-    def __init__(self, submitter: Submitter, message_builder: MessageBuilderFactory):
+    def __init__(
+        self,
+        submitter: Submitter,
+        message_builder: MessageBuilderFactory,
+        store: ResponseStore | None = None,
+    ):
         self._submitter = submitter
         self._message_builder = message_builder
+        self._store = store or ResponseStore()
 
     def register(self, app: Flask) -> None:
         for prefix in ("/v1", ""):
             app.post(f"{prefix}/responses", endpoint=f"responses{prefix}")(self.responses)
+            by_id = f"{prefix}/responses/<response_id>"
+            app.get(by_id, endpoint=f"response{prefix}")(self.response)
+            app.delete(by_id, endpoint=f"delete_response{prefix}")(self.delete)
+
+    def response(self, response_id: str) -> Response:
+        return jsonify(self._store.response(response_id))
+
+    def delete(self, response_id: str) -> Response:
+        self._store.delete(response_id)
+        return jsonify({"id": response_id, "object": "response", "deleted": True})
 
     def responses(self) -> Response:
         body = parse_request(ResponsesRequest, self._submitter.read_body())
         check_model(self._submitter.settings, body.model)
+        conversation = self._store.conversation(body)
         prompt, plan = render_chat(
             self._submitter.vocab,
-            body.template_messages(),
+            body.template_messages(conversation),
             body.template_tools(),
             body.chat_tool_choice(),
             body.parallel_tool_calls is not False,
@@ -44,11 +63,16 @@ class ResponsesRoutes:
         pieces, pump = self._submitter.start(body.sampling(), prompt, "input")
         model = self._submitter.settings.model_name
         meta = ResponseMeta(f"resp_{g.request_id}", model, request_settings(body))
+
+        def keep(response: dict[str, Any]) -> None:
+            if body.stored:
+                self._store.save(conversation, response)
+
         if body.stream:
-            events = response_events(meta, pieces, builder)
+            events = response_events(meta, pieces, builder, keep)
             stream = event_stream(events, g.request_id, numbered_sse())
             return sse_response(stream, on_close=pump.close)
-        return self._submitter.reply(lambda: response_reply(meta, pieces, builder))
+        return self._submitter.reply(lambda: response_reply(meta, pieces, builder, keep))
 
 
 def numbered_sse() -> SseFormat:
@@ -74,7 +98,7 @@ def request_settings(body: ResponsesRequest) -> dict[str, Any]:
         "instructions": body.instructions,
         "max_output_tokens": body.max_output_tokens,
         "parallel_tool_calls": body.parallel_tool_calls is not False,
-        "previous_response_id": None,
+        "previous_response_id": body.previous_response_id,
         "reasoning": {"effort": None, "summary": None} | _dumped(body.reasoning),
         "temperature": body.temperature,
         "text": {"format": body.text_format.model_dump(exclude_none=True, by_alias=True)},
@@ -83,6 +107,7 @@ def request_settings(body: ResponsesRequest) -> dict[str, Any]:
         "top_p": body.top_p,
         "truncation": "disabled",
         "metadata": body.metadata or {},
+        "store": body.stored,
     }
 
 

@@ -6,8 +6,9 @@ the system message, input items become chat messages (reasoning, assistant text 
 function calls of one turn make one assistant message; a function_call_output
 becomes a "tool" message), function tools and tool_choice take their chat form.
 
-Nothing is stored here: a request carries its whole conversation. previous_response_id,
-conversation, item references and background responses are 400s that say so.
+A request may continue a stored response (previous_response_id) and refer to stored
+items (item_reference): store.py resolves both before the mapping. Conversations
+(the Conversations API) and background responses are 400s that say so.
 Images, files and audio are replaced by a short text saying they were left out (the
 model reads text only), so an agent conversation that once read an image goes on.
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 from refserver.api.shared.schemas import (
     Count,
@@ -28,7 +29,10 @@ from refserver.api.shared.schemas import (
 )
 
 _TEXT_PARTS = frozenset(("input_text", "output_text", "text", "summary_text", "reasoning_text"))
-_NOT_KEPT = "this server keeps no responses or conversations: send the whole conversation as input"
+_NO_CONVERSATIONS = (
+    "this server keeps no conversation objects: continue a response with "
+    "previous_response_id, or send the whole conversation as input"
+)
 
 
 class ContentPart(StrictModel):
@@ -65,6 +69,7 @@ class MessageItem(StrictModel):
     """A message: `type` "message", or left out (the easy form {role, content})."""
 
     type: Literal["message"] = "message"
+    id: str | None = None
     role: Literal["user", "assistant", "system", "developer"]
     content: str | list[ContentPart]
 
@@ -76,6 +81,7 @@ class MessageItem(StrictModel):
 
 class FunctionCallItem(StrictModel):
     type: Literal["function_call"]
+    id: str | None = None
     call_id: str
     name: str
     arguments: str
@@ -92,6 +98,7 @@ class ReasoningItem(StrictModel):
     An encrypted_content alone carries nothing this server can read."""
 
     type: Literal["reasoning"]
+    id: str | None = None
     summary: list[ContentPart] = []
     content: list[ContentPart] | None = None
 
@@ -100,16 +107,21 @@ class ReasoningItem(StrictModel):
         return "\n".join(part.as_text() for part in parts)
 
 
+class ItemReference(StrictModel):
+    """An item of a stored response, by its id (store.py resolves it)."""
+
+    type: Literal["item_reference"]
+    id: str
+
+
 class UnsupportedItem(StrictModel):
-    """An item this server cannot take: a reference to a stored item, or the call of a
-    tool it does not offer (web search, computer use, ...)."""
+    """An item this server cannot take: the call of a tool it does not offer (web
+    search, computer use, ...) or its result."""
 
     type: str
 
     @model_validator(mode="after")
     def _refuse(self) -> UnsupportedItem:
-        if self.type == "item_reference":
-            raise ValueError(f"items cannot be referenced: {_NOT_KEPT}")
         raise ValueError(f"input items of type {self.type!r} are not supported here")
 
 
@@ -124,6 +136,7 @@ def _item_tag(value: Any) -> str | None:
         "function_call": "FunctionCall",
         "function_call_output": "FunctionCallOutput",
         "reasoning": "Reasoning",
+        "item_reference": "ItemReference",
     }.get(kind, "Unsupported")
 
 
@@ -132,6 +145,7 @@ InputItem = Annotated[
     | Annotated[FunctionCallItem, Tag("FunctionCall")]
     | Annotated[FunctionCallOutputItem, Tag("FunctionCallOutput")]
     | Annotated[ReasoningItem, Tag("Reasoning")]
+    | Annotated[ItemReference, Tag("ItemReference")]
     | Annotated[UnsupportedItem, Tag("Unsupported")],
     Discriminator(
         _item_tag,
@@ -217,31 +231,46 @@ class ResponsesRequest(StrictModel):
     text: TextOptions | None = None
     reasoning: ReasoningOptions | None = None
     stream: bool | None = None
-    store: bool | None = None  # accepted; nothing is stored ("store": false in the reply)
+    store: bool | None = None  # unless false, the response is kept (store.py)
     metadata: dict[str, str] | None = None
     previous_response_id: str | None = None
     conversation: str | dict[str, Any] | None = None
     background: bool | None = None
 
-    @model_validator(mode="after")
-    def _nothing_stored(self) -> ResponsesRequest:
-        if self.previous_response_id is not None:
-            raise ValueError(f"previous_response_id: {_NOT_KEPT}")
-        if self.conversation is not None:
-            raise ValueError(f"conversation: {_NOT_KEPT}")
-        if self.background:
-            raise ValueError("background responses are not supported here")
-        return self
+    @field_validator("conversation")
+    @classmethod
+    def _no_conversations(cls, conversation: Any) -> Any:
+        if conversation is not None:
+            raise ValueError(_NO_CONVERSATIONS)
+        return conversation
 
-    def template_messages(self) -> list[dict[str, Any]]:
-        """The conversation as the chat template takes it, instructions first."""
+    @field_validator("background")
+    @classmethod
+    def _in_the_foreground(cls, background: bool | None) -> bool | None:
+        if background:
+            raise ValueError("background responses are not supported here")
+        return background
+
+    @property
+    def stored(self) -> bool:
+        """Whether the response is kept: OpenAI's default is to keep it."""
+        return self.store is not False
+
+    def input_items(self) -> list[Any]:
+        """The input as items (a string is one user message)."""
+        if isinstance(self.input, str):
+            return [MessageItem(role="user", content=self.input)]
+        return list(self.input)
+
+    def template_messages(self, conversation: list[Any]) -> list[dict[str, Any]]:
+        """The conversation's items (item references resolved) as the chat template
+        takes them, these instructions first (a continued response's do not carry over,
+        as at OpenAI)."""
         messages: list[dict[str, Any]] = []
         if self.instructions:
             messages.append({"role": "system", "content": self.instructions})
-        if isinstance(self.input, str):
-            return [*messages, {"role": "user", "content": self.input}]
         turn: dict[str, Any] | None = None  # the assistant message being put together
-        for item in self.input:
+        for item in conversation:
             if isinstance(item, MessageItem) and item.role != "assistant":
                 turn = None
                 messages.append(item.to_template())
