@@ -1,6 +1,7 @@
-"""The Vercel AI SDK (`ai` + `@ai-sdk/openai-compatible`, what OpenCode uses) against 2 real
-ranks with scripted output: generateText and streamText, with and without tools, and an
-agent loop that runs a tool and answers. Needs node and npm (Node 20+); the packages
+"""The Vercel AI SDK (`ai` + `@ai-sdk/openai-compatible`, what OpenCode uses, and
+`@ai-sdk/openai`'s Responses API model) against 2 real ranks with scripted output:
+generateText and streamText, with and without tools, and an agent loop that runs a tool
+and answers. Needs node and npm (Node 20+); the packages
 pinned in tests/node/package-lock.json are installed with `npm ci` once per session."""
 
 from __future__ import annotations
@@ -108,3 +109,34 @@ def test_agent_loop_runs_the_tool_and_answers(node, cluster):
 def test_a_wrong_key_is_refused(node, cluster):
     result = node_run(node, cluster, "generate", "hi", api_key="wrong")
     assert result.returncode == 1 and "a valid API key is required" in result.stderr
+
+
+# The Responses API model reads reasoning from summaries, which this server does not
+# write (the reasoning is in each reasoning item's content): its reasoningText is empty.
+@pytest.mark.parametrize("case", ["generate", "stream", "generate-tools", "stream-tools"])
+def test_the_responses_api_model(node, cluster, case):
+    script = CALL_SCRIPT if case.endswith("tools") else ANSWER_SCRIPT
+    marker = cluster.script(script)
+    result = run(node, cluster, case, f"Go. {marker}", REFSERVER_API="responses")
+    if case.endswith("tools"):
+        (call,) = result["toolCalls"]
+        assert call["name"] == "read_file" and call["id"].startswith("call_")
+        assert call["input"] == {"path": "/home/me/notes.md", "limit": 5}
+        assert (result["text"], result["finishReason"]) == ("Reading them.", "tool-calls")
+    else:
+        assert (result["text"], result["finishReason"]) == ("Hello from refserver.", "stop")
+    assert result["usage"]["outputTokens"] == len(cluster.tokens(script))
+
+
+def test_the_responses_api_agent_refers_to_stored_items(node, cluster):
+    """The SDK stores responses (its default) and sends the first step's text and
+    reasoning back as item references: the second step reads them from the store."""
+    first = cluster.script(CALL_SCRIPT)
+    answer = "Read it.</think>The notes say: buy milk."
+    second = cluster.script(answer)
+    prompt = f"Summarize my notes. {first}"
+    tool_result = f"milk {second}"
+    env = {"REFSERVER_API": "responses", "REFSERVER_TOOL_RESULT": tool_result}
+    result = run(node, cluster, "agent", prompt, **env)
+    assert result["steps"] == 2
+    assert result["text"] == "The notes say: buy milk." and result["finishReason"] == "stop"

@@ -3,8 +3,10 @@
 //   node run.mjs <case>     case: generate | stream | generate-tools | stream-tools | agent
 //
 // Environment: REFSERVER_BASE_URL (…/v1), REFSERVER_PROMPT, optional REFSERVER_API_KEY,
-// REFSERVER_MODEL and REFSERVER_TOOL_RESULT (what the agent's tool returns).
-// The provider is configured as OpenCode configures @ai-sdk/openai-compatible.
+// REFSERVER_MODEL, REFSERVER_TOOL_RESULT (what the agent's tool returns) and
+// REFSERVER_API: "chat" (the default: @ai-sdk/openai-compatible, configured as OpenCode
+// configures it) or "responses" (@ai-sdk/openai's Responses API model, as it is by default).
+import { createOpenAI } from "@ai-sdk/openai";
 import { createOpenAICompatible } from "@ai-sdk/openai-compatible";
 import { generateText, stepCountIs, streamText, tool } from "ai";
 import { z } from "zod";
@@ -15,7 +17,11 @@ const provider = createOpenAICompatible({
   apiKey: process.env.REFSERVER_API_KEY,
   includeUsage: true,
 });
-const model = provider(process.env.REFSERVER_MODEL ?? "default_model");
+const modelId = process.env.REFSERVER_MODEL ?? "default_model";
+const model =
+  process.env.REFSERVER_API === "responses"
+    ? createOpenAI({ baseURL: process.env.REFSERVER_BASE_URL, apiKey: process.env.REFSERVER_API_KEY }).responses(modelId)
+    : provider(modelId);
 const prompt = process.env.REFSERVER_PROMPT;
 
 const readFile = (execute) =>
