@@ -22,6 +22,7 @@ from refserver.api.server import make_server, shutdown
 from refserver.engine.interface import QueueFullError
 
 RESPONSES = "/v1/responses"
+SURROGATE = '{"a": "\\ud800"}'  # JSON text whose string holds a lone surrogate, escaped
 TOOLS = [
     {
         "type": "function",
@@ -239,6 +240,12 @@ REFUSED = [
     ({"max_output_tokens": 0}, 400, "max_output_tokens", ""),
     ({"model": "gpt-5"}, 404, "model", "not served"),
     ({"text": {"format": {"type": "json_schema"}}}, 400, "text.format", "schema"),
+    (
+        {"input": [{"type": "function_call", "call_id": "c", "name": "f", "arguments": SURROGATE}]},
+        400,
+        "input[0].arguments",
+        "lone UTF-16 surrogate (\\ud800-\\udfff) at a",
+    ),
 ]
 
 

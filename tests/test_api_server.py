@@ -102,14 +102,17 @@ ANTHROPIC_STREAM = json.dumps(
     {"model": "tiny", "max_tokens": 8, "messages": USER, "stream": True}
 ).encode()
 
+RESPONSES_STREAM = json.dumps({"model": "tiny", "input": "hi", "stream": True}).encode()
+
 
 @pytest.mark.parametrize(
     "path, body, end",
     [
         ("/v1/chat/completions", CHAT_BODY, b"data: [DONE]"),
         ("/v1/messages", ANTHROPIC_STREAM, b"event: message_stop"),
+        ("/v1/responses", RESPONSES_STREAM, b"event: response.completed"),
     ],
-    ids=["openai", "anthropic"],
+    ids=["openai", "anthropic", "responses"],
 )
 def test_a_queued_stream_gets_its_headers_at_once(serve, path, body, end):
     """A stream waiting in the engine's queue has nothing to send yet (Anthropic's

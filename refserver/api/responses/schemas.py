@@ -17,7 +17,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 from refserver.api.shared.schemas import (
     Count,
@@ -26,6 +34,7 @@ from refserver.api.shared.schemas import (
     ToolCall,
     ToolFields,
     ToolName,
+    check_arguments_text,
 )
 
 _TEXT_PARTS = frozenset(("input_text", "output_text", "text", "summary_text", "reasoning_text"))
@@ -84,7 +93,7 @@ class FunctionCallItem(StrictModel):
     id: str | None = None
     call_id: str
     name: str
-    arguments: str
+    arguments: Annotated[str, AfterValidator(check_arguments_text)]
 
 
 class FunctionCallOutputItem(StrictModel):

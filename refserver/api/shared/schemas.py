@@ -214,13 +214,18 @@ class FunctionCall(StrictModel):
     @field_validator("arguments")
     @classmethod
     def _arguments_are_text(cls, arguments: str | dict[str, Any]) -> str | dict[str, Any]:
-        # The body's check saw a JSON string, where an escaped surrogate is still plain
-        # text: it appears once the arguments are decoded for the template.
-        where = lone_surrogate_path(_decoded_arguments(arguments))
-        if where is not None:
-            inside = f" at {where[:200]}" if where else ""
-            raise ValueError(f"the JSON holds a lone UTF-16 surrogate (\\ud800-\\udfff){inside}")
-        return arguments
+        return check_arguments_text(arguments)
+
+
+def check_arguments_text(arguments: str | dict[str, Any]) -> str | dict[str, Any]:
+    """A call's arguments, or ValueError where their JSON holds a lone surrogate: the
+    body's check saw a JSON string, where an escaped surrogate is still plain text; it
+    appears once the arguments are decoded for the template."""
+    where = lone_surrogate_path(_decoded_arguments(arguments))
+    if where is not None:
+        inside = f" at {where[:200]}" if where else ""
+        raise ValueError(f"the JSON holds a lone UTF-16 surrogate (\\ud800-\\udfff){inside}")
+    return arguments
 
 
 def _decoded_arguments(arguments: str | dict[str, Any]) -> Any:
