@@ -122,6 +122,29 @@ def test_stream_events_build_the_same_items(tiny_tokenizer):
     assert final["usage"]["output_tokens"] == whole["usage"]["output_tokens"]
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+def test_a_summary_asked_for_holds_the_reasoning(tiny_tokenizer, stream):
+    client, _ = scripted(tiny_tokenizer, OUTPUT)
+    fields = {"tools": TOOLS, "reasoning": {"effort": "high", "summary": "auto"}}
+    if stream:
+        events = _events(_post(client, stream=True, **fields))
+        reasoning = events[-1]["response"]["output"][0]
+        kinds = [e["type"] for e in events if "summary" in e["type"]]
+        kinds = [kind for at, kind in enumerate(kinds) if kinds[at - 1 : at] != [kind]]
+        assert kinds == [
+            "response.reasoning_summary_part.added",
+            "response.reasoning_summary_text.delta",
+            "response.reasoning_summary_text.done",
+            "response.reasoning_summary_part.done",
+        ]
+        assert all(e["summary_index"] == 0 for e in events if "summary" in e["type"])
+        assert not any(e["type"].startswith("response.reasoning_text") for e in events)
+    else:
+        reasoning = _post(client, **fields).get_json()["output"][0]
+    assert reasoning["summary"] == [{"type": "summary_text", "text": "Let me look."}]
+    assert "content" not in reasoning
+
+
 def test_a_cut_off_stream_ends_with_response_incomplete(tiny_tokenizer):
     client, _ = scripted(tiny_tokenizer, "\n</think>\n\n" + "word " * 40, end=False)
     events = _events(_post(client, max_output_tokens=12, stream=True))

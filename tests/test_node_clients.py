@@ -111,8 +111,21 @@ def test_a_wrong_key_is_refused(node, cluster):
     assert result.returncode == 1 and "a valid API key is required" in result.stderr
 
 
-# The Responses API model reads reasoning from summaries, which this server does not
-# write (the reasoning is in each reasoning item's content): its reasoningText is empty.
+@pytest.mark.parametrize("case", ["generate", "stream"])
+def test_the_responses_api_model_shows_reasoning_asked_for_as_a_summary(node, cluster, case):
+    """That SDK reads reasoning from summaries only: with reasoningSummary set, the
+    reasoning is there; without it, it is in each item's content, which it ignores."""
+    marker = cluster.script(ANSWER_SCRIPT)
+    env = {"REFSERVER_API": "responses"}
+    plain = run(node, cluster, case, f"Go. {marker}", **env)
+    assert not plain["reasoningText"]
+    env["REFSERVER_REASONING_SUMMARY"] = "auto"
+    marker = cluster.script(ANSWER_SCRIPT)
+    summarised = run(node, cluster, case, f"Go. {marker}", **env)
+    assert summarised["reasoningText"] == "Short thought."
+    assert summarised["text"] == "Hello from refserver." and summarised["warnings"] == []
+
+
 @pytest.mark.parametrize("case", ["generate", "stream", "generate-tools", "stream-tools"])
 def test_the_responses_api_model(node, cluster, case):
     script = CALL_SCRIPT if case.endswith("tools") else ANSWER_SCRIPT

@@ -5,7 +5,9 @@
 // Environment: REFSERVER_BASE_URL (…/v1), REFSERVER_PROMPT, optional REFSERVER_API_KEY,
 // REFSERVER_MODEL, REFSERVER_TOOL_RESULT (what the agent's tool returns) and
 // REFSERVER_API: "chat" (the default: @ai-sdk/openai-compatible, configured as OpenCode
-// configures it) or "responses" (@ai-sdk/openai's Responses API model, as it is by default).
+// configures it) or "responses" (@ai-sdk/openai's Responses API model, as it is by default;
+// REFSERVER_REASONING_SUMMARY sets its reasoningSummary option, on a model it is told
+// reasons: it knows only OpenAI's by name). The SDK's warnings are in the output, not logged.
 import { createOpenAI } from "@ai-sdk/openai";
 import { createOpenAICompatible } from "@ai-sdk/openai-compatible";
 import { generateText, stepCountIs, streamText, tool } from "ai";
@@ -23,6 +25,11 @@ const model =
     ? createOpenAI({ baseURL: process.env.REFSERVER_BASE_URL, apiKey: process.env.REFSERVER_API_KEY }).responses(modelId)
     : provider(modelId);
 const prompt = process.env.REFSERVER_PROMPT;
+const reasoningSummary = process.env.REFSERVER_REASONING_SUMMARY;
+const providerOptions = reasoningSummary
+  ? { openai: { reasoningSummary, forceReasoning: true } }
+  : undefined;
+globalThis.AI_SDK_LOG_WARNINGS = false;
 
 const readFile = (execute) =>
   tool({
@@ -38,6 +45,7 @@ function summary(result) {
     toolCalls: result.toolCalls.map((c) => ({ id: c.toolCallId, name: c.toolName, input: c.input })),
     finishReason: result.finishReason,
     usage: result.usage,
+    warnings: result.warnings ?? [],
   };
 }
 
@@ -54,13 +62,15 @@ async function streamed(options) {
     toolCalls: (await result.toolCalls).map((c) => ({ id: c.toolCallId, name: c.toolName, input: c.input })),
     finishReason: await result.finishReason,
     usage: await result.usage,
+    warnings: (await result.warnings) ?? [],
     textDeltas: parts.filter((type) => type === "text-delta").length,
   };
 }
 
 const cases = {
-  generate: async () => summary(await generateText({ model, prompt, maxOutputTokens: 100 })),
-  stream: () => streamed({ model, prompt, maxOutputTokens: 100 }),
+  generate: async () =>
+    summary(await generateText({ model, prompt, maxOutputTokens: 100, providerOptions })),
+  stream: () => streamed({ model, prompt, maxOutputTokens: 100, providerOptions }),
   "generate-tools": async () =>
     summary(await generateText({ model, prompt, tools: { read_file: readFile() } })),
   "stream-tools": () => streamed({ model, prompt, tools: { read_file: readFile() } }),

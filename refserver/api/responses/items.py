@@ -34,6 +34,11 @@ class ResponseMeta:
     settings: dict[str, Any]
     created_at: int = field(default_factory=lambda: int(time.time()))
 
+    @property
+    def summarises_reasoning(self) -> bool:
+        """Whether the request asked for a summary of the reasoning (reasoning.summary)."""
+        return (self.settings.get("reasoning") or {}).get("summary") is not None
+
     def response(
         self, status: str, output: list[dict[str, Any]], outcome: Outcome | None = None
     ) -> dict[str, Any]:
@@ -67,67 +72,98 @@ def status_of(finish_reason: str) -> str:
     return "incomplete" if finish_reason == "length" else "completed"
 
 
-class OutputItems:
-    """Events in; ``items`` out, and from ``add`` the stream events that build them."""
+@dataclass(frozen=True)
+class TextSlot:
+    """Where an item's text goes: the item's list of parts (`field`), the part's type,
+    the prefixes of the events that stream the text and the part, and the key that
+    indexes the part in those events."""
 
-    def __init__(self, request_id: str):
+    field: str
+    part_type: str
+    text_events: str
+    part_events: str
+    index_key: str
+
+    def part(self) -> dict[str, Any]:
+        part = {"type": self.part_type, "text": ""}
+        return part | ({"annotations": [], "logprobs": []} if self.field_has_logprobs else {})
+
+    @property
+    def field_has_logprobs(self) -> bool:
+        return self.part_type == "output_text"
+
+
+MESSAGE_TEXT = TextSlot(
+    "content", "output_text", "response.output_text", "response.content_part", "content_index"
+)
+REASONING_TEXT = TextSlot(
+    "content", "reasoning_text", "response.reasoning_text", "response.content_part", "content_index"
+)
+# A client that asks for a summary of the reasoning (reasoning.summary) gets the
+# reasoning itself there: nothing here summarises it, and such clients (the Vercel AI
+# SDK; Codex unless it shows raw reasoning) read summaries only.
+REASONING_SUMMARY = TextSlot(
+    "summary",
+    "summary_text",
+    "response.reasoning_summary_text",
+    "response.reasoning_summary_part",
+    "summary_index",
+)
+
+
+class OutputItems:
+    """Events in; ``items`` out, and from ``add`` the stream events that build them.
+    Reasoning goes to each reasoning item's content, or with `summarise` to its summary."""
+
+    def __init__(self, request_id: str, summarise: bool = False):
         self.items: list[dict[str, Any]] = []
         self._request_id = request_id
-        self._open: str | None = None  # "message" or "reasoning" while such an item is open
+        self._reasoning = REASONING_SUMMARY if summarise else REASONING_TEXT
+        self._open: TextSlot | None = None  # where the open item's text goes, if one is open
 
     def add(self, event: OutputEvent) -> list[Event]:
         if isinstance(event, ToolCallEvent):
             return self.close() + self._function_call(event)
-        kind = "reasoning" if isinstance(event, ReasoningDelta) else "message"
+        slot = self._reasoning if isinstance(event, ReasoningDelta) else MESSAGE_TEXT
         events = []
-        if self._open != kind:
+        if self._open != slot:
             events = self.close()
-            events += self._open_item(kind)
+            events += self._open_item(slot)
         index = len(self.items) - 1
         item = self.items[index]
-        item["content"][0]["text"] += event.text
-        name = "reasoning_text" if kind == "reasoning" else "output_text"
-        delta = _at(item, index, type=f"response.{name}.delta", content_index=0)
-        delta["delta"] = event.text
-        if kind == "message":
-            delta["logprobs"] = []
+        item[slot.field][0]["text"] += event.text
+        delta = _text_event(slot, item, index, f"{slot.text_events}.delta", delta=event.text)
         return [*events, delta]
 
     def close(self, status: str = "completed") -> list[Event]:
         """Close the open message or reasoning item, if any, with `status`."""
-        if self._open is None:
+        slot, self._open = self._open, None
+        if slot is None:
             return []
-        kind, self._open = self._open, None
         index = len(self.items) - 1
         item = self.items[index]
         item["status"] = status
-        part = item["content"][0]
-        name = "reasoning_text" if kind == "reasoning" else "output_text"
-        done = _at(item, index, type=f"response.{name}.done", content_index=0)
-        done["text"] = part["text"]
-        if kind == "message":
-            done["logprobs"] = []
+        part = item[slot.field][0]
         return [
-            done,
-            _at(item, index, type="response.content_part.done", content_index=0, part=part),
+            _text_event(slot, item, index, f"{slot.text_events}.done", text=part["text"]),
+            _text_event(slot, item, index, f"{slot.part_events}.done", part=part),
             _item_event("response.output_item.done", index, item),
         ]
 
-    def _open_item(self, kind: str) -> list[Event]:
-        self._open = kind
+    def _open_item(self, slot: TextSlot) -> list[Event]:
+        self._open = slot
         index = len(self.items)
-        if kind == "reasoning":
-            item = {"id": self._item_id("rs", index), "type": "reasoning", "summary": []}
-            part = {"type": "reasoning_text", "text": ""}
-        else:
+        if slot is MESSAGE_TEXT:
             item = {"id": self._item_id("msg", index), "type": "message", "role": "assistant"}
-            part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
-        item |= {"status": "in_progress", "content": []}
+        else:
+            item = {"id": self._item_id("rs", index), "type": "reasoning", "summary": []}
+        item |= {"status": "in_progress", slot.field: []}
         added = _item_event("response.output_item.added", index, item)
-        item["content"] = [part]
+        part = slot.part()
+        item[slot.field] = [part]
         self.items.append(item)
-        part_added = _at(item, index, type="response.content_part.added", content_index=0)
-        return [added, {**part_added, "part": dict(part)}]
+        part_added = _text_event(slot, item, index, f"{slot.part_events}.added", part=dict(part))
+        return [added, part_added]
 
     def _function_call(self, event: ToolCallEvent) -> list[Event]:
         call = event.call
@@ -150,6 +186,17 @@ class OutputItems:
         return f"{prefix}_{self._request_id}_{index}"
 
 
+def _text_event(
+    slot: TextSlot, item: dict[str, Any], index: int, kind: str, **fields: Any
+) -> Event:
+    """An event about the text (or its part) of `item`, the output's `index`th."""
+    event = {"type": kind, "item_id": item["id"], "output_index": index, slot.index_key: 0}
+    event |= fields
+    if slot.field_has_logprobs and kind.endswith(("text.delta", "text.done")):
+        event["logprobs"] = []
+    return event
+
+
 def _at(item: dict[str, Any], index: int, **fields: Any) -> Event:
     """An event about `item`, the output's `index`th: its type first, then where it is."""
     kind = fields.pop("type")
@@ -164,7 +211,7 @@ def response_reply(
     meta: ResponseMeta, pieces: Pieces, builder: MessageBuilder, keep: Keep
 ) -> dict[str, Any]:
     """The whole response of a non-streamed request (handed to `keep` too)."""
-    output = OutputItems(meta.id.removeprefix("resp_"))
+    output = OutputItems(meta.id.removeprefix("resp_"), meta.summarises_reasoning)
     outcome: Outcome | None = None
     with closing(pieces):
         for piece in pieces:
@@ -190,7 +237,7 @@ def response_events(
     response.completed (or response.incomplete when max_output_tokens cut it off).
     While nothing else comes (a queued request, a long prefill), response.in_progress
     again at every keep-alive. The final response is handed to `keep` too."""
-    output = OutputItems(meta.id.removeprefix("resp_"))
+    output = OutputItems(meta.id.removeprefix("resp_"), meta.summarises_reasoning)
     yield {"type": "response.created", "response": meta.response("in_progress", [])}
     yield {"type": "response.in_progress", "response": meta.response("in_progress", [])}
     with closing(pieces):
