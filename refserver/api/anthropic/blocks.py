@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from refserver.api.shared.generation import Admitted, KeepAlive, Outcome, Pieces, TextPiece
-from refserver.api.shared.message import MessageBuilder
+from refserver.api.shared.message import MessageBuilder, whole_reply
 from refserver.tools import OutputEvent, ReasoningDelta, ToolCallEvent
 
 StreamEvent = tuple[str, dict[str, Any]]  # (event name, data)
@@ -105,16 +105,8 @@ def final_usage(outcome: Outcome) -> dict[str, int]:
 def message_reply(meta: MessageMeta, pieces: Pieces, builder: MessageBuilder) -> dict[str, Any]:
     """The whole reply of a non-streamed request."""
     content = ContentBlocks()
-    outcome: Outcome | None = None
-    with closing(pieces):
-        for item in pieces:
-            if isinstance(item, TextPiece):
-                for event in builder.feed(item.text):
-                    content.add(event)
-            elif isinstance(item, Outcome):
-                outcome = item
-    assert outcome is not None, "generate() ends with an Outcome or raises"
-    for event in builder.finish():
+    events, outcome = whole_reply(pieces, builder)
+    for event in events:
         content.add(event)
     return meta.message(
         content=content.blocks,

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from refserver.api.shared.generation import KeepAlive, Outcome, Pieces, TextPiece
-from refserver.api.shared.message import MessageBuilder
+from refserver.api.shared.message import MessageBuilder, whole_reply
 from refserver.tools import OutputEvent, ReasoningDelta, ToolCallEvent
 
 Event = dict[str, Any]
@@ -212,16 +212,8 @@ def response_reply(
 ) -> dict[str, Any]:
     """The whole response of a non-streamed request (handed to `keep` too)."""
     output = OutputItems(meta.id.removeprefix("resp_"), meta.summarises_reasoning)
-    outcome: Outcome | None = None
-    with closing(pieces):
-        for piece in pieces:
-            if isinstance(piece, TextPiece):
-                for event in builder.feed(piece.text):
-                    output.add(event)
-            elif isinstance(piece, Outcome):
-                outcome = piece
-    assert outcome is not None, "generate() ends with an Outcome or raises"
-    for event in builder.finish():
+    events, outcome = whole_reply(pieces, builder)
+    for event in events:
         output.add(event)
     status = status_of(builder.finish_reason(outcome.finish_reason))
     output.close(status)

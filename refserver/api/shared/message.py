@@ -10,8 +10,10 @@ turns those events into its own deltas, chunks or content blocks.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import closing
 from typing import Protocol
 
+from refserver.api.shared.generation import Outcome, Pieces, TextPiece
 from refserver.api.shared.prompting import Prompt
 from refserver.tools import ContentDelta, OutputEvent, ToolPlan
 
@@ -31,6 +33,20 @@ class MessageBuilder(Protocol):
 
 
 MessageBuilderFactory = Callable[[ToolPlan, Prompt], MessageBuilder]
+
+
+def whole_reply(pieces: Pieces, builder: MessageBuilder) -> tuple[list[OutputEvent], Outcome]:
+    """A non-streamed reply: every event its text makes, and how it ended."""
+    events: list[OutputEvent] = []
+    outcome: Outcome | None = None
+    with closing(pieces):
+        for piece in pieces:
+            if isinstance(piece, TextPiece):
+                events += builder.feed(piece.text)
+            elif isinstance(piece, Outcome):
+                outcome = piece
+    assert outcome is not None, "generate() ends with an Outcome or raises"
+    return events + builder.finish(), outcome
 
 
 class PlainText:
