@@ -109,6 +109,15 @@ def test_cors_with_allowed_origins(engine, tokenizer, allowed, origin, granted):
     assert (refused.headers.get("Access-Control-Allow-Origin") == origin) is granted
 
 
+def test_a_browser_may_delete_a_stored_response(engine, tokenizer):
+    client = create_app(engine, tokenizer, settings(allowed_origins=("*",))).test_client()
+    origin = "http://app.example"
+    asked = {"Origin": origin, "Access-Control-Request-Method": "DELETE"}
+    preflight = client.options("/v1/responses/resp_1", headers=asked)
+    assert preflight.status_code == 200
+    assert "DELETE" in preflight.headers["Access-Control-Allow-Methods"].split(", ")
+
+
 def test_a_preflight_is_granted_the_headers_it_asks_for(engine, tokenizer):
     """The SDKs send headers of their own (openai's x-stainless-*, anthropic's
     anthropic-dangerous-direct-browser-access): a browser refuses a request whose

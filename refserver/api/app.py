@@ -172,7 +172,7 @@ def _finish_response(response: Response, allowed_origins: tuple[str, ...]) -> Re
         # fixed list makes the browser refuse the request.
         asked = request.headers.get("Access-Control-Request-Headers", "").strip()
         response.headers["Access-Control-Allow-Headers"] = asked or _CORS_HEADERS
-        response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+        response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE, OPTIONS"
         response.headers["Access-Control-Expose-Headers"] = "x-request-id, request-id"
         response.headers["Access-Control-Max-Age"] = "600"
         response.vary.add("Origin")
