@@ -156,8 +156,12 @@ def test_a_failure_while_streaming_is_an_error_event(tiny_tokenizer):
     engine = FakeEngine(tiny_tokenizer.encode("</think>Hi there"), fail_after=2)
     client = create_app(engine, tiny_tokenizer, settings(context_length=4096)).test_client()
     events = _events(_post(client, stream=True))
-    assert events[-1]["type"] == "error" and events[-1]["code"]
-    assert events[-1]["sequence_number"] == len(events) - 1
+    error, failed = events[-2:]
+    assert error["type"] == "error" and error["code"] == "engine_error"
+    assert failed["type"] == "response.failed"
+    assert failed["response"]["status"] == "failed"
+    assert failed["response"]["error"] == {"code": error["code"], "message": error["message"]}
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
 
 
 def test_a_long_wait_keeps_the_stream_alive_with_in_progress_events(tiny_tokenizer):

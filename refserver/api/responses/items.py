@@ -40,7 +40,11 @@ class ResponseMeta:
         return (self.settings.get("reasoning") or {}).get("summary") is not None
 
     def response(
-        self, status: str, output: list[dict[str, Any]], outcome: Outcome | None = None
+        self,
+        status: str,
+        output: list[dict[str, Any]],
+        outcome: Outcome | None = None,
+        error: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         incomplete = status == "incomplete"
         return {
@@ -48,7 +52,7 @@ class ResponseMeta:
             "object": "response",
             "created_at": self.created_at,
             "status": status,
-            "error": None,
+            "error": error,
             "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
             "model": self.model,
             "output": output,

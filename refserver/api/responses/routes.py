@@ -70,21 +70,24 @@ class ResponsesRoutes:
 
         if body.stream:
             events = response_events(meta, pieces, builder, keep)
-            stream = event_stream(events, g.request_id, numbered_sse())
+            stream = event_stream(events, g.request_id, numbered_sse(meta))
             return sse_response(stream, on_close=pump.close)
         return self._submitter.reply(lambda: response_reply(meta, pieces, builder, keep))
 
 
-def numbered_sse() -> SseFormat:
+def numbered_sse(meta: ResponseMeta) -> SseFormat:
     """The Responses stream's encoding, for one stream: named events, each numbered in
-    order (sequence_number), an error event numbered like the rest, and no end marker."""
+    order (sequence_number), and no end marker. A failure is an error event, then
+    response.failed with the error (clients such as Codex read only the latter)."""
     numbers = itertools.count()
 
     def encode(event: dict[str, Any]) -> bytes:
         return named_event(event["type"], {**event, "sequence_number": next(numbers)})
 
     def error(status: int, message: str, code: str) -> bytes:
-        return encode({"type": "error", "code": code, "message": message, "param": None})
+        failed = meta.response("failed", [], error={"code": code, "message": message})
+        event = {"type": "error", "code": code, "message": message, "param": None}
+        return encode(event) + encode({"type": "response.failed", "response": failed})
 
     return SseFormat(encode=encode, keepalive=KEEPALIVE, error=error, done=b"")
 
