@@ -266,6 +266,8 @@ REFUSED = [
     ({"input": []}, 400, "input", "at least 1"),
     ({"max_output_tokens": 0}, 400, "max_output_tokens", ""),
     ({"model": "gpt-5"}, 404, "model", "not served"),
+    ({"max_output_tokens": 5000}, 400, "max_output_tokens", "lower max_output_tokens"),
+    ({"input": "hello " * 5000}, 400, "input", "leaves no room"),
     ({"text": {"format": {"type": "json_schema"}}}, 400, "text.format", "schema"),
     (
         {"input": [{"type": "function_call", "call_id": "c", "name": "f", "arguments": SURROGATE}]},

@@ -312,7 +312,7 @@ class ResponsesRequest(StrictModel):
             return TextFormat(type="text")
         return self.text.format
 
-    def sampling(self) -> ToolFields:
+    def sampling(self) -> ResponseSampling:
         """The sampling and tool fields of the engine request, as a chat request has them."""
         fields: dict[str, Any] = {"max_tokens": self.max_output_tokens}
         fields |= {"temperature": self.temperature, "top_p": self.top_p}
@@ -320,7 +320,16 @@ class ResponsesRequest(StrictModel):
         fields |= {"parallel_tool_calls": self.parallel_tool_calls}
         if self.text_format.type != "text":
             fields["response_format"] = self.text_format.response_format()
-        return ToolFields.model_validate(fields)
+        return ResponseSampling.model_validate(fields)
+
+
+class ResponseSampling(ToolFields):
+    """The engine request's fields, from a Responses request: its token limit is named
+    max_output_tokens in the errors about it."""
+
+    @property
+    def max_tokens_param(self) -> str:
+        return "max_output_tokens"
 
 
 def _assistant_turn(

@@ -69,7 +69,7 @@ def completion_budget(
     asked = body.requested_max_tokens
     if asked is None:
         return min(settings.default_max_tokens, settings.max_tokens_cap, room)
-    param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+    param = body.max_tokens_param
     if asked > settings.max_tokens_cap:
         message = f"{param} is {asked}; this server allows at most {settings.max_tokens_cap}"
         # As an overflow of a context that ends the cap beyond the prompt: Claude Code

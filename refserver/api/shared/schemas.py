@@ -186,6 +186,11 @@ class SamplingFields(StrictModel):
         return self.max_completion_tokens or self.max_tokens
 
     @property
+    def max_tokens_param(self) -> str:
+        """The request field that set the token limit, for the errors about it."""
+        return "max_completion_tokens" if self.max_completion_tokens else "max_tokens"
+
+    @property
     def choices_per_prompt(self) -> int:
         return self.n or 1
 
