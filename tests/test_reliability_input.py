@@ -101,6 +101,39 @@ def test_hostile_body_gets_its_error_and_the_cluster_stays_in_step(
     assert_in_step(server, tiny_model)
 
 
+def responses_body(**fields) -> dict:
+    return {"model": "default_model", "input": "hello", "max_output_tokens": 8, **fields}
+
+
+SURROGATE_ARGUMENTS = '{"path": "\\ud800"}'  # JSON text whose string holds a lone surrogate
+RESPONSES_CASES = [
+    ("unknown previous_response_id", responses_body(previous_response_id="resp_x"), 400,
+     "previous_response_id", "not_found"),
+    ("unknown item_reference", responses_body(input=[{"type": "item_reference", "id": "x"}]),
+     400, "input[0]", None),
+    ("lone surrogate in call arguments", responses_body(input=[{"type": "function_call",
+     "call_id": "c", "name": "f", "arguments": SURROGATE_ARGUMENTS}]), 400,
+     "input[0].arguments", None),
+    ("server tool", responses_body(tools=[{"type": "web_search"}]), 400, "tools[0]", None),
+    ("input longer than the context", responses_body(input="hello " * 5000), 400, "input",
+     "context_length_exceeded"),
+    ("max_output_tokens over --max-tokens-cap", responses_body(max_output_tokens=CAP + 1), 400,
+     "max_output_tokens", None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "body, status, param, code",
+    [case[1:] for case in RESPONSES_CASES],
+    ids=[case[0] for case in RESPONSES_CASES],
+)
+def test_hostile_responses_body_gets_its_error_and_the_cluster_stays_in_step(
+    server, tiny_model, body, status, param, code
+):
+    assert_error(*post(server, body, "/v1/responses"), status, param, code)
+    assert_in_step(server, tiny_model)
+
+
 def test_null_max_tokens_means_the_default(server, tiny_model):
     # The seed's server died on this; here null means "absent" (the --max-tokens default).
     status, _, body = post(server, chat_body(max_tokens=None))
