@@ -76,7 +76,7 @@ def test_reasoning_message_and_function_call_items(tiny_tokenizer):
     tokens = len(tiny_tokenizer.encode(OUTPUT, add_special_tokens=False)) + 1  # and EOS
     assert usage["output_tokens"] == tokens
     assert usage["total_tokens"] == usage["input_tokens"] + tokens
-    assert usage["input_tokens_details"] == {"cached_tokens": 0}
+    assert usage["input_tokens_details"] == {"cached_tokens": 0, "cache_write_tokens": 0}
     assert usage["output_tokens_details"]["reasoning_tokens"] > 0
     assert body["tools"] == TOOLS and body["tool_choice"] == "auto"
 
@@ -143,6 +143,8 @@ def test_a_summary_asked_for_holds_the_reasoning(tiny_tokenizer, stream):
         reasoning = _post(client, **fields).get_json()["output"][0]
     assert reasoning["summary"] == [{"type": "summary_text", "text": "Let me look."}]
     assert "content" not in reasoning
+    plain = _post(client, reasoning={"summary": "none"}).get_json()["output"][0]
+    assert plain["summary"] == [] and plain["content"][0]["text"] == "Let me look."
 
 
 def test_a_cut_off_stream_ends_with_response_incomplete(tiny_tokenizer):
@@ -161,6 +163,8 @@ def test_a_failure_while_streaming_is_an_error_event(tiny_tokenizer):
     assert failed["type"] == "response.failed"
     assert failed["response"]["status"] == "failed"
     assert failed["response"]["error"] == {"code": error["code"], "message": error["message"]}
+    (partial,) = failed["response"]["output"]  # what was streamed before the failure
+    assert partial["type"] == "message" and partial["content"][0]["text"]
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
 
 
@@ -176,6 +180,20 @@ def test_a_long_wait_keeps_the_stream_alive_with_in_progress_events(tiny_tokeniz
     assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
     assert kinds[1:first_item] == ["response.in_progress"] * (first_item - 1)
     assert first_item >= 4
+
+
+def test_a_stream_beyond_the_context_fails_as_codex_reads_it(tiny_tokenizer):
+    """Codex compacts a conversation when a stream fails with context_length_exceeded;
+    an HTTP 400 would end every turn of the session instead."""
+    client, engine = scripted(tiny_tokenizer, "</think>ok")
+    response = _post(client, input="hello " * 5000, stream=True)
+    assert response.status_code == 200
+    created, failed = _events(response)
+    assert created["type"] == "response.created"
+    assert failed["type"] == "response.failed" and failed["response"]["status"] == "failed"
+    assert failed["response"]["error"]["code"] == "context_length_exceeded"
+    assert "leaves no room" in failed["response"]["error"]["message"]
+    assert engine.requests == []
 
 
 # (input items, what the prompt must hold in this order)
@@ -215,6 +233,14 @@ CONVERSATIONS = [
         [{"role": "user", "content": [{"type": "input_image", "image_url": "data:x"}]}],
         ["]~b]user\n[input_image omitted: this model reads text only]"],
     ),
+    (
+        [
+            {"role": "user", "content": "Hi."},
+            {"role": "assistant", "content": "Hello."},
+            {"role": "assistant", "content": "World."},
+        ],
+        ["]~b]ai\nHello.\nWorld.[e~["],
+    ),
 ]
 
 
@@ -247,6 +273,26 @@ def test_fields_reach_the_engine(tiny_tokenizer):
     assert body["text"]["format"]["schema"] == schema
 
 
+def test_hosted_tools_are_left_out_and_allowed_tools_narrow_the_rest(tiny_tokenizer):
+    """Codex sends web_search with every request: the model is not offered it."""
+    client, engine = scripted(tiny_tokenizer, "</think>ok")
+    other = {**TOOLS[0], "name": "write_file"}
+    hosted = [{"type": "web_search", "external_web_access": False}, {"type": "local_shell"}]
+    assert _post(client, tools=[*hosted, *TOOLS, other]).status_code == 200
+    prompt = prompt_of(engine, tiny_tokenizer)
+    assert '"name": "read_file"' in prompt and '"name": "write_file"' in prompt
+    assert "web_search" not in prompt and "local_shell" not in prompt
+    allowed = {
+        "type": "allowed_tools",
+        "mode": "auto",
+        "tools": [{"type": "function", "name": "read_file"}],
+    }
+    body = _post(client, tools=[*TOOLS, other], tool_choice=allowed).get_json()
+    prompt = prompt_of(engine, tiny_tokenizer)
+    assert '"name": "read_file"' in prompt and "write_file" not in prompt
+    assert body["tool_choice"] == allowed
+
+
 def test_reasoning_effort_none_turns_thinking_off(tiny_tokenizer):
     client, engine = scripted(tiny_tokenizer, "ok")
     _post(client, reasoning={"effort": "none"})
@@ -261,7 +307,7 @@ REFUSED = [
     ({"input": [{"type": "item_reference", "id": "msg_1"}]}, 400, "input[0]", "no item"),
     ({"input": [{"type": "web_search_call", "id": "ws_1"}]}, 400, "input[0]", "web_search_call"),
     ({"input": [{"content": "no role"}]}, 400, "input[0]", "type"),
-    ({"tools": [{"type": "web_search"}]}, 400, "tools[0]", "only function tools"),
+    ({"tools": [{"name": "f"}]}, 400, "tools[0]", "type"),
     ({"input": None}, 400, "input", ""),
     ({"input": []}, 400, "input", "at least 1"),
     ({"max_output_tokens": 0}, 400, "max_output_tokens", ""),

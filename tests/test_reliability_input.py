@@ -114,7 +114,7 @@ RESPONSES_CASES = [
     ("lone surrogate in call arguments", responses_body(input=[{"type": "function_call",
      "call_id": "c", "name": "f", "arguments": SURROGATE_ARGUMENTS}]), 400,
      "input[0].arguments", None),
-    ("server tool", responses_body(tools=[{"type": "web_search"}]), 400, "tools[0]", None),
+    ("tool without a type", responses_body(tools=[{"name": "f"}]), 400, "tools[0]", None),
     ("input longer than the context", responses_body(input="hello " * 5000), 400, "input",
      "context_length_exceeded"),
     ("max_output_tokens over --max-tokens-cap", responses_body(max_output_tokens=CAP + 1), 400,

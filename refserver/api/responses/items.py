@@ -37,7 +37,11 @@ class ResponseMeta:
     @property
     def summarises_reasoning(self) -> bool:
         """Whether the request asked for a summary of the reasoning (reasoning.summary)."""
-        return (self.settings.get("reasoning") or {}).get("summary") is not None
+        return (self.settings.get("reasoning") or {}).get("summary") not in (None, "none")
+
+    def output_items(self) -> OutputItems:
+        """An empty output for this response, its items' ids derived from its own."""
+        return OutputItems(self.id.removeprefix("resp_"), self.summarises_reasoning)
 
     def response(
         self,
@@ -64,7 +68,7 @@ class ResponseMeta:
 def usage(outcome: Outcome) -> dict[str, Any]:
     return {
         "input_tokens": outcome.prompt_tokens,
-        "input_tokens_details": {"cached_tokens": outcome.cached_tokens},
+        "input_tokens_details": {"cached_tokens": outcome.cached_tokens, "cache_write_tokens": 0},
         "output_tokens": outcome.completion_tokens,
         "output_tokens_details": {"reasoning_tokens": outcome.reasoning_tokens},
         "total_tokens": outcome.prompt_tokens + outcome.completion_tokens,
@@ -215,7 +219,7 @@ def response_reply(
     meta: ResponseMeta, pieces: Pieces, builder: MessageBuilder, keep: Keep
 ) -> dict[str, Any]:
     """The whole response of a non-streamed request (handed to `keep` too)."""
-    output = OutputItems(meta.id.removeprefix("resp_"), meta.summarises_reasoning)
+    output = meta.output_items()
     events, outcome = whole_reply(pieces, builder)
     for event in events:
         output.add(event)
@@ -227,13 +231,12 @@ def response_reply(
 
 
 def response_events(
-    meta: ResponseMeta, pieces: Pieces, builder: MessageBuilder, keep: Keep
+    meta: ResponseMeta, output: OutputItems, pieces: Pieces, builder: MessageBuilder, keep: Keep
 ) -> Iterator[Event | KeepAlive]:
     """The events of a stream: response.created and .in_progress, the items, then
     response.completed (or response.incomplete when max_output_tokens cut it off).
     While nothing else comes (a queued request, a long prefill), response.in_progress
     again at every keep-alive. The final response is handed to `keep` too."""
-    output = OutputItems(meta.id.removeprefix("resp_"), meta.summarises_reasoning)
     yield {"type": "response.created", "response": meta.response("in_progress", [])}
     yield {"type": "response.in_progress", "response": meta.response("in_progress", [])}
     with closing(pieces):

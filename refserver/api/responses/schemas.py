@@ -171,22 +171,55 @@ class FunctionTool(StrictModel):
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
 
-    @model_validator(mode="before")
-    @classmethod
-    def _function_tools_only(cls, value: Any) -> Any:
-        kind = value.get("type") if isinstance(value, dict) else None
-        if isinstance(kind, str) and kind != "function":
-            raise ValueError(f"only function tools are supported here, not {kind!r}")
-        return value
-
     def to_template(self) -> dict[str, Any]:
         function = self.model_dump(exclude_none=True, exclude={"type"})
         return {"type": "function", "function": function}
 
 
+class HostedTool(StrictModel):
+    """A tool the API's host would run (web_search, file_search, code_interpreter,
+    mcp, local_shell, custom, ...): nothing here runs it, so the model is not offered
+    it. Codex sends web_search with every request, so refusing it would refuse Codex."""
+
+    type: str
+    name: str | None = None
+
+    def label(self) -> str:
+        return f"{self.type} ({self.name})" if self.name else self.type
+
+
+def _tool_tag(value: Any) -> str | None:
+    kind = value.get("type") if isinstance(value, dict) else None
+    if not isinstance(kind, str):
+        return None
+    return "Function" if kind == "function" else "Hosted"
+
+
+AnyTool = Annotated[
+    Annotated[FunctionTool, Tag("Function")] | Annotated[HostedTool, Tag("Hosted")],
+    Discriminator(
+        _tool_tag,
+        custom_error_type="tool_type",
+        custom_error_message='a tool needs a "type" string',
+    ),
+]
+
+
 class NamedFunction(StrictModel):
     type: Literal["function"]
     name: str
+
+
+class AllowedTools(StrictModel):
+    """tool_choice "allowed_tools": only these tools, called as `mode` says."""
+
+    type: Literal["allowed_tools"]
+    mode: Literal["auto", "required"]
+    tools: list[dict[str, Any]]
+
+    @property
+    def names(self) -> set[str]:
+        return {tool.get("name") for tool in self.tools if tool.get("type") == "function"}
 
 
 class TextFormat(StrictModel):
@@ -231,8 +264,8 @@ class ResponsesRequest(StrictModel):
     model: str | None = None
     input: str | Annotated[list[InputItem], Field(min_length=1)]
     instructions: str | None = None
-    tools: list[FunctionTool] | None = Field(None, max_length=1024)
-    tool_choice: Literal["none", "auto", "required"] | NamedFunction | None = None
+    tools: list[AnyTool] | None = Field(None, max_length=1024)
+    tool_choice: Literal["none", "auto", "required"] | NamedFunction | AllowedTools | None = None
     parallel_tool_calls: bool | None = None
     max_output_tokens: Count | None = None
     temperature: float | None = Field(None, ge=0, le=2)
@@ -291,8 +324,22 @@ class ResponsesRequest(StrictModel):
                 turn = _assistant_turn(turn, item, messages)
         return messages
 
+    @property
+    def function_tools(self) -> list[FunctionTool]:
+        """The tools the model is offered: functions (those allowed_tools names, if any)."""
+        functions = [tool for tool in self.tools or [] if isinstance(tool, FunctionTool)]
+        if isinstance(self.tool_choice, AllowedTools):
+            allowed = self.tool_choice.names
+            functions = [tool for tool in functions if tool.name in allowed]
+        return functions
+
+    @property
+    def hosted_tools(self) -> list[HostedTool]:
+        """The tools left out: the host would run them, and nothing here does."""
+        return [tool for tool in self.tools or [] if isinstance(tool, HostedTool)]
+
     def template_tools(self) -> list[dict[str, Any]]:
-        return [tool.to_template() for tool in self.tools or []]
+        return [tool.to_template() for tool in self.function_tools]
 
     def template_kwargs(self) -> dict[str, Any] | None:
         """enable_thinking false for reasoning.effort "none"; else the server's default."""
@@ -304,6 +351,8 @@ class ResponsesRequest(StrictModel):
         choice = self.tool_choice
         if isinstance(choice, NamedFunction):
             return {"type": "function", "function": {"name": choice.name}}
+        if isinstance(choice, AllowedTools):
+            return choice.mode
         return choice
 
     @property
@@ -351,7 +400,10 @@ def _assistant_turn(
             earlier = turn.get("reasoning_content")
             turn["reasoning_content"] = f"{earlier}\n{reasoning}" if earlier else reasoning
     elif isinstance(item, MessageItem):
-        turn["content"] += _text_of(item.content)
+        text = _text_of(item.content)
+        turn["content"] = (
+            f"{turn['content']}\n{text}" if turn["content"] and text else turn["content"] + text
+        )
     else:
         function = FunctionCall(name=item.name, arguments=item.arguments)
         call = ToolCall(id=item.call_id, function=function).to_template()
