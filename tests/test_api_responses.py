@@ -429,6 +429,19 @@ def test_the_store_lets_the_least_recently_used_go_first():
     assert item.content[0].text == "x" * 100
 
 
+def test_the_store_counts_a_response_with_its_whole_conversation():
+    """A client that resends its conversation whole, stored each turn, cannot grow the
+    store past its bound: the input is counted, not only the output."""
+    one = len(json.dumps(_response(0, "x")))
+    store = ResponseStore(max_chars=one * 10)
+    store.save([], _response(0, "x"))
+    long_input = ResponsesRequest(input="y" * one * 20).input_items()
+    store.save(long_input, _response(1, "x"))
+    with pytest.raises(ApiError):
+        store.response("resp_0")  # made room for the long conversation
+    assert store.response("resp_1")
+
+
 @pytest.fixture
 def sdk(tiny_tokenizer):
     """The openai SDK talking to a real server that answers with OUTPUT."""

@@ -21,8 +21,9 @@ from pydantic import TypeAdapter, ValidationError
 from refserver.api.errors import ApiError, invalid_request
 from refserver.api.responses.schemas import InputItem, ItemReference, ResponsesRequest
 
-# Characters of JSON held for stored items: a turn of a long agent conversation adds a
-# few kB to a few hundred kB of its own (earlier turns' items are shared, not copied).
+# Characters of JSON held for stored responses, each counted with its whole conversation
+# (earlier turns' items are shared in memory, so this errs on the side of keeping less):
+# a long agent conversation's latest turn is a few hundred kB.
 MAX_STORED_CHARS = 64 * 1024 * 1024
 _ITEM = TypeAdapter(InputItem)
 
@@ -31,7 +32,7 @@ _ITEM = TypeAdapter(InputItem)
 class StoredResponse:
     response: dict[str, Any]  # the response object as it was sent
     conversation: tuple[Any, ...]  # its input items (earlier turns' first), then its output
-    chars: int  # of what this response added: its own items and the response object
+    chars: int  # of its conversation's items and the response object, as JSON
 
 
 class ResponseStore:
@@ -64,6 +65,7 @@ class ResponseStore:
         except ValidationError:  # an item no input can hold: nothing could continue it
             return
         chars = len(json.dumps(response, ensure_ascii=False))
+        chars += sum(len(item.model_dump_json()) for item in conversation)
         stored = StoredResponse(response, (*conversation, *output), chars)
         with self._lock:
             self._drop(response["id"])
