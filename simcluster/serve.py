@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import sys
 import time
@@ -82,8 +83,8 @@ class ServerCluster:
             with urllib.request.urlopen(f"{self.root_url}/health", timeout=5) as response:
                 return response.status, json.loads(response.read())
         except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read() or b"{}")
-        except (OSError, ValueError):
+            return exc.code, _json_body(exc)
+        except (OSError, ValueError, http.client.HTTPException):  # a body cut off, too
             return 0, {}
 
     def status(self) -> dict:
@@ -108,3 +109,12 @@ class ServerCluster:
 
 
 __all__ = ["RankFailed", "ServerCluster"]
+
+
+def _json_body(response) -> dict:
+    """An error response's JSON body; {} when the server went away in the middle of it
+    (as a lost rank's server does while it answers 503)."""
+    try:
+        return json.loads(response.read() or b"{}")
+    except (OSError, ValueError, http.client.HTTPException):
+        return {}
