@@ -221,7 +221,26 @@ def test_only_a_streams_gaps_without_a_chunk_between_count():
     ],
 )
 def test_chunk_size_with_and_without_streams_decoding(policy, body, decoding, stages, ahead, size):
-    assert ChunkSizer(policy).size(body, decoding, stages, ahead) == size
+    assert ChunkSizer(policy).size(body, decoding, stages, ahead, left=body) == size
+
+
+@pytest.mark.parametrize(
+    "policy, decoding, stages, left, size",
+    [
+        # With no stream decoding, on several stages: at most half of what is left, down
+        # to the smallest chunk (the last one crosses every other stage alone).
+        (ChunkPolicy(seconds=0.25), False, 2, 250, 125),
+        (ChunkPolicy(seconds=0.25), False, 2, 200, 100),
+        (ChunkPolicy(seconds=0.25), False, 3, 90, 45),
+        (ChunkPolicy(seconds=0.25), False, 2, 40, FIRST_ADAPTED_TOKENS // 4),
+        # One stage has nothing to drain; beside streams and fixed sizes, no taper.
+        (ChunkPolicy(seconds=0.25), False, 1, 40, 250),
+        (ChunkPolicy(seconds=0.25), True, 2, 40, FIRST_ADAPTED_TOKENS // 2),
+        (ChunkPolicy(tokens=64), False, 2, 40, 64),
+    ],
+)
+def test_a_prompts_last_chunks_taper_with_no_stream_decoding(policy, decoding, stages, left, size):
+    assert ChunkSizer(policy).size(2000, decoding, stages, ahead=0, left=left) == size
 
 
 # -- the scheduler ------------------------------------------------------------
@@ -297,7 +316,7 @@ def test_a_hit_cuts_its_chunks_from_what_it_reads_not_from_the_whole_prompt():
     conversation = [1 + i % 50 for i in range(2000)]
     scheduler.add(_sequence("a", conversation, max_tokens=1))
     first = [len(item.tokens) for item in _run(scheduler) if isinstance(item, Prefill)]
-    assert first == [125] * 15 + [124, 1]
+    assert first == [125] * 15 + [62, 32, 30, 1]  # the tail tapers
     scheduler.add(_sequence("b", conversation + [60] * 200))
     after_hit = [len(item.tokens) for item in _run(scheduler) if isinstance(item, Prefill)]
     smallest = FIRST_ADAPTED_TOKENS // 4  # 2,000 cached, 199 read

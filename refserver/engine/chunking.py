@@ -104,10 +104,11 @@ class ChunkSizer:
         self._chunks_done = 0
         self._last_step: dict[int, tuple[float, int]] = {}  # micro-batch: (time, chunks done)
 
-    def size(self, reads: int, decoding: bool, stages: int, ahead: int) -> int:
+    def size(self, reads: int, decoding: bool, stages: int, ahead: int, left: int) -> int:
         """Tokens for the next chunk of a prompt that reads `reads` tokens in chunks (all
-        but its last token and its cached prefix); `decoding`: streams are running beside
-        it; `ahead`: the tokens of the chunk in the pipeline before it (0: none)."""
+        but its last token and its cached prefix), `left` of them not yet issued;
+        `decoding`: streams are running beside it; `ahead`: the tokens of the chunk in
+        the pipeline before it (0: none)."""
         if self.policy.tokens:
             return self.tokens
         if decoding:
@@ -116,7 +117,13 @@ class ChunkSizer:
             return ahead + -(-(self.tokens - ahead) // stages)
         share = -(-reads // (IDLE_CHUNKS_PER_STAGE * stages))
         smallest = self.tokens if stages == 1 else max(MIN_IDLE_TOKENS, self.tokens // 4)
-        return max(smallest, min(MAX_IDLE_TOKENS, share))
+        size = max(smallest, min(MAX_IDLE_TOKENS, share))
+        if stages == 1:
+            return size
+        # The tail tapers (at most half of what is left): once the first stage has read
+        # the last chunk, that chunk still crosses every other stage while the first
+        # waits, so a short last chunk shortens that wait.
+        return min(size, max(smallest, -(-left // 2)))
 
     def observe(self, tokens: int, seconds: float) -> None:
         """A chunk of `tokens` took `seconds` from its start to its result on rank 0."""

@@ -285,7 +285,7 @@ class Scheduler:
             return length
         ahead = self.last_chunk_tokens if self.prefill_in_flight else 0
         reads = body - sequence.cached
-        size = self.chunks.size(reads, self.running() > 0, self.stages, ahead)
+        size = self.chunks.size(reads, self.running() > 0, self.stages, ahead, body - start)
         return min(start + size, body)
 
     def _cached_prefix(self, sequence: Sequence) -> PrefixHit | None:
